@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ class CheckReport:
     rows: list[TensorResult]
     directions: list[Comparison]
     loss_mismatches: list[str]  # points where loss() and loss_and_grad() disagree
+    kinks_per_point: list[int]  # kink-crossed pairs at each point; > FEW_KINKS: resample it
     points: int
     seed: int
     rtol: float
@@ -188,7 +190,7 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary; non-finite floats become strings."""
         rows = [{**asdict(r), "status": r.status} for r in self.rows]
-        return _jsonable({
+        data: dict[str, Any] = _jsonable({
             "status": self.status,
             "ok": self.ok,
             "margin": self.margin,
@@ -199,9 +201,11 @@ class CheckReport:
             "rows": rows,
             "directions": [asdict(d) for d in self.directions],
             "loss_mismatches": self.loss_mismatches,
+            "kinks_per_point": self.kinks_per_point,
             "notes": self.notes,
             "failures": self.failures(),
         })
+        return data
 
 
 def _jsonable(value: Any) -> Any:
@@ -381,7 +385,7 @@ class _PointCheck:
         return _loss64(self.loss(_copy(params)), f"point {self.index}: loss")
 
     def _crossed(self, params: Params) -> bool:
-        if self.kink_masks is None:
+        if self.kink_masks is None or self.base is None:
             return False
         return not np.array_equal(np.asarray(self.kink_masks(_copy(params))), self.base)
 
@@ -499,6 +503,7 @@ def check_gradients(
     per_tensor: dict[str, list[Comparison]] = {name: [] for name in shapes}
     directions: list[Comparison] = []
     mismatches: list[str] = []
+    kinks: list[int] = []
     notes: list[str] = []
     if kink_masks is None:
         notes.append("kink detection off (no kink_masks given)")
@@ -511,16 +516,17 @@ def check_gradients(
         for name, shape in shapes.items():
             for flat in _entries(theta[name].size, rng, max_full, n_random_entries):
                 index = tuple(int(i) for i in np.unravel_index(int(flat), shape))
-                make = _bind_entry(at, name, int(flat))
+                make = partial(at.entry_probe, name, int(flat))
                 found.append(at.compare(name, index, make, fd_step(theta[name].flat[flat])))
         norm_inf = max((float(np.max(np.abs(v))) for v in theta.values() if v.size), default=0.0)
         for k in range(n_directions):
             u = _unit_direction(shapes, rng)
-            found.append(at.compare("direction", (k,), _bind_direction(at, u),
+            found.append(at.compare("direction", (k,), partial(at.direction_probe, u),
                                     STEP_SCALE * max(1.0, norm_inf)))
         for c in found:
             (directions if c.target == "direction" else per_tensor[c.target]).append(c)
         crossed = sum(c.status == KINK for c in found)
+        kinks.append(crossed)
         if crossed:
             notes.append(f"point {p}: {crossed} finite-difference pairs crossed a kink and were "
                          "skipped" + ("; more than a few: resample this point (see near_kink)"
@@ -529,15 +535,8 @@ def check_gradients(
     rows = [_summarise(name, shapes[name], per_tensor[name]) for name in shapes]
     notes += [f"{r.name}: every compared value is below {TINY:g}*max(1,|L|); rescale the loss or "
               "choose another point to judge it" for r in rows if r.status == TOO_SMALL]
-    return CheckReport(rows, directions, mismatches, len(thetas), seed, rtol, atol_scale, notes)
-
-
-def _bind_entry(at: _PointCheck, name: str, flat: int) -> Callable[[float], _Probe]:
-    return lambda h: at.entry_probe(name, flat, h)
-
-
-def _bind_direction(at: _PointCheck, u: Params) -> Callable[[float], _Probe]:
-    return lambda h: at.direction_probe(u, h)
+    return CheckReport(rows, directions, mismatches, kinks, len(thetas), seed, rtol, atol_scale,
+                       notes)
 
 
 def _unit_direction(shapes: Mapping[str, tuple[int, ...]], rng: np.random.Generator) -> Params:

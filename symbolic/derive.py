@@ -92,6 +92,16 @@ class Derivation:
         return self.spec.model[-1][0]
 
     @property
+    def task(self) -> str:
+        """``multiclass`` (softmax cross-entropy), ``binary`` (sigmoid BCE) or ``regression``."""
+        names = {rule.name for rule in self.rules}
+        if "softmax_cross_entropy" in names:
+            return "multiclass"
+        if "sigmoid_bce" in names:
+            return "binary"
+        return "regression"
+
+    @property
     def params(self) -> list[Value]:
         return [self.values[p.name] for p in self.spec.params]
 

@@ -144,7 +144,13 @@ class Spec:
 
 
 def _size_entry(shape: Shape) -> Any:
-    return shape[0] if len(shape) == 1 else {"shape": list(shape)}
+    return shape[0] if len(shape) == 1 and shape[0] > 1 else (1 if not shape else
+                                                             {"shape": list(shape)})
+
+
+def _size_shape(size: int) -> Shape:
+    """``x = n`` declares a vector of n entries; ``x = 1`` a scalar (one number per sample)."""
+    return (size,) if size > 1 else ()
 
 
 # ------------------------------------------------------------------------ loading
@@ -319,7 +325,7 @@ class _Validator:
         if isinstance(value, dict):
             self.keys(value, _INPUT_KEYS, field)
             return name, self.shape(value.get("shape", []), f"{field}.shape", max_rank=1)
-        return name, (self.integer(value, field, 1, MAX_DIM),)
+        return name, _size_shape(self.integer(value, field, 1, MAX_DIM))
 
     def targets(self, table: dict) -> tuple[str, Shape, int | None]:
         if len(table) != 1:
@@ -334,7 +340,7 @@ class _Validator:
                 classes = self.integer(value["classes"], f"{field}.classes", 2, MAX_DIM)
                 return name, (), classes
             return name, self.shape(value.get("shape", []), f"{field}.shape", max_rank=1), None
-        return name, (self.integer(value, field, 1, MAX_DIM),), None
+        return name, _size_shape(self.integer(value, field, 1, MAX_DIM)), None
 
     def params(self, table: dict) -> tuple[ParamSpec, ...]:
         if not table:
