@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import difflib
 import gzip
+import io
 import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
@@ -276,6 +276,10 @@ def _load_csv(
         ) from exc
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc}); check quoting") from exc
+    except OSError as exc:
+        raise DataError(
+            f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions"
+        ) from exc
     _check_header(path, header)
     if not rows:
         raise DataError(f"{path}: no data rows after the header; add samples")
@@ -512,10 +516,8 @@ def _find_idx(directory: Path, prefix: str, kind: str) -> Path | None:
 def _read_idx(path: Path, max_bytes: int) -> np.ndarray:
     """Parse an IDX file: 2 zero bytes, dtype code, ndim, ndim big-endian uint32 dims, data."""
     try:
-        stream: IO[bytes] = (
-            gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-        )
-        with stream:
+        opened = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+        with opened as stream:
             return _read_idx_stream(path, stream, max_bytes)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
@@ -523,7 +525,9 @@ def _read_idx(path: Path, max_bytes: int) -> np.ndarray:
         ) from exc
 
 
-def _read_idx_stream(path: Path, stream: IO[bytes], max_bytes: int) -> np.ndarray:
+def _read_idx_stream(
+    path: Path, stream: io.BufferedIOBase, max_bytes: int
+) -> np.ndarray:
     magic = stream.read(4)
     if (
         len(magic) < 4
@@ -638,7 +642,8 @@ def check_against_spec(
     """Check data against the spec; return y ready for training.
 
     Classifiers (``n_classes`` set) get int64 labels of shape (n,), each in [0, n_classes);
-    regression gets float64 targets of shape (n, target_size) (a 1-D y when target_size == 1).
+    regression gets float64 targets of shape (n, target_size), or (n,) when there is one
+    value per sample (a size-1 spec target is a scalar); (n,) and (n, 1) data both fit it.
     """
     if ds_X.ndim != 2 or ds_X.shape[1] != n_features:
         have = f"{ds_X.shape[1]} features" if ds_X.ndim == 2 else f"shape {ds_X.shape}"
@@ -653,14 +658,13 @@ def check_against_spec(
     if n_classes is not None:
         return _check_labels(ds_y, n_classes, source)
     y = ds_y.astype(np.float64)
-    if y.ndim == 1:
-        y = y.reshape(-1, 1)
-    if target_size is not None and (y.ndim != 2 or y.shape[1] != target_size):
+    per_sample = math.prod(y.shape[1:])
+    if target_size is not None and (y.ndim > 2 or per_sample != target_size):
         raise DataError(
-            f"{source}: targets have shape {ds_y.shape} ({y.shape[1]} values per sample), the "
+            f"{source}: targets have shape {ds_y.shape} ({per_sample} values per sample), the "
             f"spec's target expects {target_size} per sample; choose the right target column(s)"
         )
-    return y
+    return y.reshape(-1) if per_sample == 1 else y
 
 
 def _check_labels(ds_y: np.ndarray, n_classes: int, source: str) -> np.ndarray:

@@ -95,7 +95,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, owned by another user
     return True
 
 
@@ -338,9 +338,9 @@ def load_npy_safe(
             return read_npy_stream(stream, str(source), max_bytes=max_bytes)
     except FileNotFoundError as exc:
         raise FileFormatError(f"{source}: file not found; check the path") from exc
-    except IsADirectoryError as exc:
+    except OSError as exc:
         raise FileFormatError(
-            f"{source}: is a directory, expected a .npy file"
+            f"{source}: cannot read ({exc.strerror or exc}); check the path and permissions"
         ) from exc
 
 
@@ -358,7 +358,11 @@ def load_npz_safe(
         raise FileFormatError(f"{source}: file not found; check the path")
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except OSError as exc:
+        raise FileFormatError(
+            f"{source}: cannot read ({exc.strerror or exc}); check the path and permissions"
+        ) from exc
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise FileFormatError(
             f"{source}: not a valid .npz (zip) file ({exc}); it may be truncated: "
             "re-create it with numpy.savez or re-download it"

@@ -529,7 +529,25 @@ def test_regression_target_width():
         target_size=1,
         source="s",
     )
-    assert y.shape == (3, 1) and y.dtype == np.float64
+    assert y.shape == (3,) and y.dtype == np.float64
+    column = check_against_spec(
+        np.ones((3, 1)),
+        np.ones((3, 1)),
+        n_features=1,
+        n_classes=None,
+        target_size=1,
+        source="s",
+    )
+    assert column.shape == (3,)
+    wide = check_against_spec(
+        np.ones((3, 1)),
+        np.ones((3, 2)),
+        n_features=1,
+        n_classes=None,
+        target_size=2,
+        source="s",
+    )
+    assert wide.shape == (3, 2)
     with pytest.raises(
         DataError,
         match=r"s: targets have shape \(3, 2\) \(2 values per sample\), the spec's target expects 3 per sample",

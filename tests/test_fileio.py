@@ -316,6 +316,19 @@ def test_load_npz_truncated_member_data(tmp_path):
         load_npz_safe(target)
 
 
+def test_load_npy_safe_missing_and_directory(tmp_path):
+    with pytest.raises(FileFormatError, match=rf"{tmp_path}/no.npy: file not found"):
+        load_npy_safe(tmp_path / "no.npy")
+    with pytest.raises(
+        FileFormatError, match=rf"{tmp_path}: cannot read \(Is a directory\)"
+    ):
+        load_npy_safe(tmp_path)
+    with pytest.raises(
+        FileFormatError, match=rf"{tmp_path}: cannot read \(Is a directory\)"
+    ):
+        load_npz_safe(tmp_path)
+
+
 def test_load_npy_safe_text_file_and_fortran_order(tmp_path):
     text = tmp_path / "data.npy"
     text.write_text("1,2,3\n")
