@@ -221,7 +221,8 @@ class _Deriver:
         scope = {n: Typed(v.symbol, v.shape, v.batched, v.classes) for n, v in self.values.items()}
         for layer, (name, formula) in enumerate(spec.model, start=1):
             field = f"model.{name}"
-            ctx = ParseContext(names=scope, functions=functions, rules=self.rules)
+            later = tuple(n for n, _ in spec.model[layer:])
+            ctx = ParseContext(names=scope, functions=functions, rules=self.rules, later=later)
             try:
                 typed = parse_formula(formula, ctx)
             except SpecError as err:

@@ -29,6 +29,10 @@ def evaluate(expr: sp.Expr, env: Mapping[sp.Symbol, object], memo: dict | None =
         return memo[expr]
     if expr.is_Symbol:
         value = env[expr]
+    elif isinstance(expr, UserFunction):
+        value = evaluate(expr.expand_body(), env, memo)
+    elif isinstance(expr, (Elementwise, TensorOp)):
+        value = type(expr).numpy(*(evaluate(a, env, memo) for a in expr.args))
     elif expr.is_number:
         value = float(expr)
     elif expr.is_Add:
@@ -39,10 +43,6 @@ def evaluate(expr: sp.Expr, env: Mapping[sp.Symbol, object], memo: dict | None =
         base = evaluate(expr.args[0], env, memo)
         exponent = evaluate(expr.args[1], env, memo)
         value = np.power(np.asarray(base, dtype=np.float64), exponent)
-    elif isinstance(expr, UserFunction):
-        value = evaluate(expr.expand_body(), env, memo)
-    elif isinstance(expr, (Elementwise, TensorOp)):
-        value = type(expr).numpy(*(evaluate(a, env, memo) for a in expr.args))
     elif expr.func in ELEMENTWISE_SYMPY:
         value = ELEMENTWISE_SYMPY[expr.func](*(evaluate(a, env, memo) for a in expr.args))
     else:

@@ -57,6 +57,7 @@ class ParseContext:
 
     names: dict[str, Typed]
     functions: dict[str, type[UserFunction]] = field(default_factory=dict)
+    later: tuple[str, ...] = ()  # model lines defined further down (for a clearer error)
     rules: set[str] = field(default_factory=set)
 
 
@@ -115,6 +116,9 @@ def parse_formula(text: object, ctx: ParseContext) -> Typed:
     result = _Walker(text.strip(), ctx).walk(tree.body, 0)
     result = Typed(stabilize(result.expr, ctx.rules), result.shape, result.batched,
                    result.classes)
+    if result.expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        raise SpecError("the formula contains a non-finite constant (division by zero?)",
+                        hint="numbers must be finite (no nan, inf or division by zero)")
     for atom in result.expr.atoms(sp.Number):
         if not atom.is_finite or abs(float(atom)) > MAX_CONSTANT:
             raise SpecError(f"the constant {atom} is not a finite number of a usable size",
@@ -217,8 +221,12 @@ class _Walker:
             return self.ctx.names[name]
         if name in FUNCTIONS or name in self.ctx.functions:
             raise self.error(node, f"`{name}` is a function: call it, e.g. {name}(...)")
+        if name in self.ctx.later:
+            raise self.error(node, f"`{name}` is used before it is defined",
+                             hint=f"model lines are evaluated in order: move `{name}` above "
+                                  f"this line")
         declared = sorted(self.ctx.names)
-        close = difflib.get_close_matches(name, declared, n=1)
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.5)
         hint = f"did you mean `{close[0]}`?" if close else "declare it under [inputs], [params] or [model]"
         raise self.error(node, f"unknown name `{name}`; declared names: {', '.join(declared)}",
                          hint=hint)
@@ -272,6 +280,12 @@ class _Walker:
                                    f"`{self.source(node.func)}`",
                              hint=f"allowed functions: {', '.join(sorted(FUNCTIONS))}")
         name = node.func.id
+        if name not in FUNCTIONS and name not in self.ctx.functions:
+            allowed = sorted(FUNCTIONS) + sorted(self.ctx.functions)
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else "define it under [functions]"
+            raise self.error(node, f"function `{name}` is not allowed; allowed functions: "
+                                   f"{', '.join(allowed)}", hint=hint)
         if node.keywords:
             raise self.error(node, f"keyword arguments are not allowed in `{name}(...)`",
                              hint="pass arguments by position")
@@ -282,12 +296,6 @@ class _Walker:
             args.append(self.walk(arg, depth))
         if name in self.ctx.functions:
             return self.apply_elementwise(node, self.ctx.functions[name], args, 1)
-        if name not in FUNCTIONS:
-            allowed = sorted(FUNCTIONS) + sorted(self.ctx.functions)
-            close = difflib.get_close_matches(name, allowed, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else "define it under [functions]"
-            raise self.error(node, f"function `{name}` is not allowed; allowed functions: "
-                                   f"{', '.join(allowed)}", hint=hint)
         return FUNCTIONS[name](self, node, args)
 
     # -------------------------------------------------------------- functions

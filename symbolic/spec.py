@@ -14,6 +14,7 @@ import json
 import math
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -89,7 +90,7 @@ class Spec:
     loss: str
     l2: float = 0.0
     train: TrainSpec = field(default_factory=TrainSpec)
-    source: str | None = None
+    source: str | None = field(default=None, compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     # -------------------------------------------------------------- front doors
@@ -179,8 +180,14 @@ def spec_from_toml(text: str, source: str | None = None) -> Spec:
         column = match.group(2) if match else None
         what = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         where = f" at column {column}" if column else ""
+        hint = "fix the TOML syntax (strings need quotes; each key once)"
+        bad_line = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+        odd = [c for c in bad_line if not c.isascii()]
+        if odd:
+            hint = (f"the line contains the non-ASCII character U+{ord(odd[0]):04X} "
+                    f"({unicodedata.name(odd[0], '?')}); names must be ASCII identifiers")
         raise SpecError(f"TOML syntax error{where}: {what}", source=source, line=line,
-                        hint="fix the TOML syntax (strings need quotes; each key once)") from None
+                        hint=hint) from None
     return spec_from_dict(data, source=source, lines=_key_lines(text))
 
 

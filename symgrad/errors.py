@@ -1,0 +1,44 @@
+"""Which exceptions are a user's problem (one line, no traceback) and which are bugs."""
+
+from __future__ import annotations
+
+import warnings
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is written for the user."""
+    from symbolic import DomainError, SpecError
+
+    from .data import DataError
+    from .fileio import CheckpointError, FileFormatError, OutputError
+
+    found: list[type[BaseException]] = [SpecError, DomainError, DataError, OutputError,
+                                         CheckpointError, FileFormatError]
+    try:
+        from codegen import CodegenError
+    except ImportError:
+        pass
+    else:
+        found.append(CodegenError)
+    return tuple(found)
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception reaching the command line."""
+    if isinstance(exc, expected_errors()):
+        return str(exc), 2
+    return (f"internal error ({type(exc).__name__}: {exc}); please report it with the spec, "
+            f"and rerun with --debug for the traceback"), 3
+
+
+def show_warnings() -> None:
+    """Print SpecWarnings as single lines on stderr."""
+    from symbolic import SpecWarning
+
+    def _show(message, category, filename, lineno, file=None, line=None):
+        import sys
+
+        print(f"symgrad: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = _show
+    warnings.simplefilter("always", SpecWarning)
