@@ -8,7 +8,6 @@ Rendering needs Graphviz's ``dot`` program.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import sympy as sp
 from sympy.printing.str import StrPrinter
 
 from .derive import Derivation
-from .functions import MatProd, Transposed
+from .functions import MatProd
 from .notation import Name, Notation, equation_tags
 
 FORMATS = ("dot", "svg", "png", "pdf")
@@ -225,5 +224,3 @@ def write_graph(d: Derivation, path: str | os.PathLike[str]) -> Path:
         raise GraphError(str(exc)) from None
     return path
 
-
-_ = (contextlib, Transposed)

@@ -14,7 +14,6 @@ line that says what to do.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import shutil
@@ -26,14 +25,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
-from sympy.printing.precedence import PRECEDENCE, precedence
 
 from .derive import Derivation, Step
 from .functions import (
-    Broadcast, Clip, Elementwise, Elu, Gelu, Huber, LeakyRelu, LogSumExp, MatProd, OneHot, Outer,
-    Pick, Relu, Sigmoid, Softmax, Softplus, Step as StepFn, SumAll, TensorOp, Transposed,
-    UserFunction,
+    Clip, Elementwise, Elu, Gelu, Huber, LeakyRelu, MatProd, Outer, Relu, Softplus, TensorOp,
+    Transposed, UserFunction,
 )
+from .functions import Step as StepFn
 from .notation import Notation, equation_tags
 
 if TYPE_CHECKING:
@@ -698,7 +696,7 @@ def _optimizer_lines(d: Derivation) -> tuple[str, list[str], str]:
                 [grad, rf"\theta_t = \theta_{{t-1}} - \eta\, {g}"], eta)
     if opt == "momentum":
         return (f"Gradient descent with momentum on {batch}:",
-                [grad, rf"v_t = \mu\, v_{{t-1}} + {g}", rf"\theta_t = \theta_{{t-1}} - \eta\, v_t"],
+                [grad, rf"v_t = \mu\, v_{{t-1}} + {g}", r"\theta_t = \theta_{t-1} - \eta\, v_t"],
                 rf"{eta},\ \mu = {_num(t.momentum)},\ v_0 = 0")
     if opt == "nesterov":
         return (f"Nesterov momentum on {batch}:",
@@ -881,8 +879,7 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
 
     head, lines, hyper = _optimizer_lines(d)
     t = spec.train
-    L += ["", r"\section{Update rule}", tex_escape(head).replace(r"\$\textbackslash{}theta\$",
-                                                                 r"$\theta$"), ""]
+    L += ["", r"\section{Update rule}", head, ""]
     L += [r"\begin{align*}", " \\\\\n".join("  " + x.replace("=", "&=", 1) for x in lines),
           r"\end{align*}", f"with ${hyper}$, for {t.epochs} epochs"
           + (f", minibatches shuffled with seed {t.seed}." if t.batch_size else ".")]
@@ -901,9 +898,7 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
         for note in report.notes:
             L.append(rf"\par Note: {tex_escape(note)}")
     L += ["", r"\end{document}", ""]
-    text = "\n".join(L)
-    text = text.replace(r"Gradient descent on", "Gradient descent on")
-    return text
+    return "\n".join(L)
 
 
 # ---------------------------------------------------------------------------- Markdown
@@ -1171,5 +1166,3 @@ def write_markdown(d: Derivation, path: str | os.PathLike[str], *,
     files[path] = markdown_document(d, report=report, graph_file=graph_name).encode("utf-8")
     return _write_all(files)
 
-
-_ = (math, precedence, PRECEDENCE, Step)  # re-exported names used by type hints and tests
