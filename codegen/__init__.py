@@ -1,0 +1,23 @@
+"""symgrad's code half: derivations → standalone, verified Numba training modules.
+
+Entry points::
+
+    generate(spec_or_derivation, out_dir="generated", *, verify=True) -> Path
+    render_module(spec_or_derivation) -> str
+    check(spec_or_derivation) -> CheckReport        # render into a temp dir + verify, no install
+    load_module(path)                                # import a generated module from its file
+    equation_numbers(derivation) -> {step name: k}   # the (k) tags shared with the LaTeX document
+"""
+
+from .generate import (
+    VerificationError, as_derivation, check, check_text, generate, load_module, render_module,
+    verify_module, write_atomic,
+)
+from .lower import equation_numbers
+from .printers import CodegenError, FormulaPrinter, NumbaPrinter
+
+__all__ = [
+    "CodegenError", "FormulaPrinter", "NumbaPrinter", "VerificationError", "as_derivation",
+    "check", "check_text", "equation_numbers", "generate", "load_module", "render_module",
+    "verify_module", "write_atomic",
+]

@@ -1,0 +1,299 @@
+"""Lowering: a Derivation → the strings the module template needs (no decisions left for Jinja).
+
+Three compiled functions are printed from the same steps:
+
+* ``_forward``   — the forward steps up to the prediction (the last model line);
+* ``_loss``      — every forward step, then the batch loss;
+* ``_loss_grad`` — every forward step, the batch loss, then every backward step.
+
+Inside one function, shared subexpressions are computed once:
+
+1. a later step reuses an earlier step's value instead of recomputing its expression
+   (tanh'(z2) = 1 − tanh²(z2) becomes ``1 - h2**2``; σ'(z) reuses σ(z));
+2. a costly elementwise function or reduction that still occurs twice or more is hoisted into
+   a named temporary (``sigmoid_z1``, ``logsumexp_z``) just before its first use;
+3. softmax(u) next to logsumexp(u) is printed as ``exp(u − logsumexp_u)``.
+
+Equation numbers (the ``# (k)`` tags) follow one rule, shared with the LaTeX document:
+forward steps are numbered 1, 2, … in order (the loss step included), and backward steps
+continue the count in their order. See :func:`equation_numbers`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy as sp
+
+from symbolic.derive import Derivation, Step, shape_of
+from symbolic.functions import (
+    Elu, Gelu, LogSumExp, Sigmoid, Softmax, Softplus, UserFunction,
+)
+
+from .printers import CodegenError, FormulaPrinter, NumbaPrinter, display_name
+
+HOISTABLE = (sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, Sigmoid, Softplus, LogSumExp, Softmax,
+             Gelu, Elu)
+"""Functions worth computing once when an expression needs them twice or more."""
+
+
+def equation_numbers(d: Derivation) -> dict[str, int]:
+    """The equation number of every step: forward steps from 1 in order, then backward steps."""
+    steps = [*d.forward, *d.backward]
+    return {step.name: k for k, step in enumerate(steps, start=1)}
+
+
+# ------------------------------------------------------------------------------ strings
+
+
+@dataclass(frozen=True)
+class Block:
+    """One numbered step as printed code: the formula comment and the lines implementing it."""
+
+    tag: str
+    formula: str
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ParamText:
+    name: str
+    arg: str  # the compiled functions' argument (``_b`` for a scalar stored as shape (1,))
+    unpack: str  # "b = _b[0]" for scalars, "" otherwise
+    shape: str  # repr of the public shape
+    init: str  # the init_params expression
+    init_note: str  # the init rule, for the comment
+    grad: str  # name of the gradient variable
+
+
+@dataclass(frozen=True)
+class ModuleText:
+    """Everything the template prints, already formatted."""
+
+    name: str
+    source: str
+    digest: str
+    sympy_version: str
+    equations: tuple[str, ...]
+    params: tuple[ParamText, ...]
+    param_names: str
+    param_shapes: str
+    param_inits: str
+    input_name: str
+    target_name: str
+    input_shape: str
+    target_shape: str
+    classes: str
+    task: str
+    l2: str
+    train: str
+    rules: str
+    args: str  # "W1, b1, W2, b2"
+    forward: tuple[Block, ...]
+    forward_result: str
+    loss: tuple[Block, ...]
+    grad: tuple[Block, ...]
+    batch_loss: str
+    grads: str  # "grad_W1, grad_b1, ..."
+    prediction_is_scalar: str  # "True" / "False"
+    target_prologue: str  # how Y becomes the target inside compiled code
+
+
+# ------------------------------------------------------------------------------ lowering
+
+
+def _expand_user(expr: sp.Expr) -> sp.Expr:
+    while expr.has(UserFunction):
+        expr = expr.replace(lambda e: isinstance(e, UserFunction), lambda e: e.expand_body())
+    return expr
+
+
+def _fn_name(node: sp.Expr) -> str:
+    return {Sigmoid: "sigmoid", LogSumExp: "logsumexp", Softmax: "softmax", Softplus: "softplus",
+            Gelu: "gelu", Elu: "elu"}.get(type(node), type(node).__name__.lower())
+
+
+class _Lowerer:
+    def __init__(self, d: Derivation):
+        self.d = d
+        self.numbers = equation_numbers(d)
+        self.shapes = {v.symbol: v.shape for v in d.values.values()}
+        self.formulas = FormulaPrinter(self.shapes)
+        self.data_symbols = {d.symbol(d.spec.input_name), d.symbol(d.spec.target_name)}
+        self.used_names = set(d.values)
+
+    def formula(self, step: Step) -> str:
+        lhs = display_name(step.name)
+        rhs = self.formulas.doprint(step.expr)
+        if step.role == "grad":
+            extra = "mean over the batch"
+            if step.of in self.d.l2_params:
+                extra += f", + {self.d.spec.l2!r}·{step.of}"
+            return f"{lhs} = {rhs}   ({extra})"
+        return f"{lhs} = {rhs}"
+
+    def fresh(self, base: str) -> str:
+        name = base
+        while name in self.used_names:
+            name += "_"
+        self.used_names.add(name)
+        return name
+
+    def function(self, steps: list[Step]) -> tuple[list[Block], NumbaPrinter]:
+        """Print ``steps`` as one compiled function's body, sharing subexpressions."""
+        d = self.d
+        exprs: list[sp.Expr] = []
+        known: dict[sp.Expr, sp.Symbol] = {}
+        for step in steps:
+            expr = step.expr.xreplace(known)
+            if not expr.is_Symbol and not expr.is_number and step.role != "grad":
+                known.setdefault(step.expr, d.symbol(step.name))
+            exprs.append(_expand_user(expr))
+
+        counts: dict[sp.Expr, int] = {}
+        softmax_args = set()
+        for expr in exprs:
+            for node in sp.preorder_traversal(expr):
+                if isinstance(node, HOISTABLE):
+                    counts[node] = counts.get(node, 0) + 1
+                if isinstance(node, Softmax):
+                    softmax_args.add(node.args[0])
+        hoist = {node for node, c in counts.items() if c >= 2 and not isinstance(node, Softmax)}
+        hoist |= {node for node in counts
+                  if isinstance(node, LogSumExp) and node.args[0] in softmax_args}
+
+        printer = NumbaPrinter(self.shapes, set(self.data_symbols))
+        defined: dict[sp.Expr, sp.Symbol] = {}
+        blocks = []
+        saved_used = set(self.used_names)
+        for step, expr in zip(steps, exprs):
+            lines = []
+            for node in sp.postorder_traversal(expr):
+                if node in hoist and node not in defined:
+                    arg = node.args[0]
+                    base = f"{_fn_name(node)}_{arg.name}" if arg.is_Symbol else \
+                        f"{_fn_name(node)}_{step.name}"
+                    sym = sp.Symbol(self.fresh(base), real=True)
+                    value = node.xreplace(defined)
+                    self.declare(printer, sym, value)
+                    lines.append(f"{sym.name} = {printer.statement(value)}")
+                    defined[node] = sym
+                    if isinstance(node, LogSumExp):
+                        printer.lse[arg.xreplace(defined)] = sym.name
+            body = expr.xreplace(defined)
+            target = d.symbol(step.name)
+            if step.role == "grad":
+                lines.extend(self.grad_lines(printer, step, body))
+            else:
+                self.declare(printer, target, body)
+                lines.append(f"{step.name} = {printer.statement(body)}")
+            blocks.append(Block(f"({self.numbers[step.name]})", self.formula(step), tuple(lines)))
+        self.used_names = saved_used  # temporaries are local to one function
+        return blocks, printer
+
+    def declare(self, printer: NumbaPrinter, sym: sp.Symbol, value: sp.Expr) -> None:
+        printer.shapes[sym] = shape_of(value, printer.shapes)
+        if printer.is_batched(value):
+            printer.batched_symbols.add(sym)
+
+    def grad_lines(self, printer: NumbaPrinter, step: Step, body: sp.Expr) -> list[str]:
+        param = self.d.spec.param(step.of)
+        name = step.name
+        shape = param.shape if param.shape else (1,)
+        if body == 0:
+            lines = [f"{name} = np.zeros({shape!r}, X.dtype)"]
+        else:
+            total = printer.batch_sum(body)
+            if not param.shape:
+                total = f"np.full(1, {total})"
+            lines = [f"{name} = {total}", f"{name} *= inv_n"]
+        if step.of in self.d.l2_params:
+            lines.append(f"{name} += _F({self.d.spec.l2!r})*{step.of}")
+        return lines
+
+
+def _init(p, fan_in: int, fan_out: int) -> tuple[str, str]:
+    """The init_params expression of one parameter: the rule of symbolic.verify.init_point."""
+    shape = repr(tuple(p.shape))
+    if isinstance(p.init, float):
+        return f"np.full({shape}, {p.init!r}, dtype)", f"constant {p.init!r}"
+    if p.init == "zeros":
+        return f"np.zeros({shape}, dtype)", "zeros"
+    if p.init == "he":
+        std = math.sqrt(2.0 / fan_in)
+        return (f"np.asarray(rng.normal(0.0, {std!r}, {shape}), dtype)",
+                f"he: N(0, 2/fan_in), fan_in = {fan_in}")
+    if p.init == "lecun":
+        std = math.sqrt(1.0 / fan_in)
+        return (f"np.asarray(rng.normal(0.0, {std!r}, {shape}), dtype)",
+                f"lecun: N(0, 1/fan_in), fan_in = {fan_in}")
+    if p.init == "glorot":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return (f"np.asarray(rng.uniform({-limit!r}, {limit!r}, {shape}), dtype)",
+                f"glorot: U(±√(6/(fan_in + fan_out))), fan_in = {fan_in}, fan_out = {fan_out}")
+    return f"np.asarray(rng.normal(0.0, 0.01, {shape}), dtype)", f"{p.init}: N(0, 0.01²)"
+
+
+def lower(d: Derivation, source: str) -> ModuleText:
+    """All strings of the generated module for derivation ``d`` (``source``: the spec path)."""
+    spec = d.spec
+    low = _Lowerer(d)
+    pred_index = next(i for i, s in enumerate(d.forward) if s.name == d.prediction)
+    target = d.symbol(spec.target_name)
+    for step in d.forward[:pred_index + 1]:
+        if target in step.expr.free_symbols:
+            raise CodegenError(f"model line `{step.name}` uses the target `{spec.target_name}`; "
+                               f"predictions cannot depend on targets")
+    forward, fprinter = low.function(d.forward[:pred_index + 1])
+    loss, _ = low.function(d.forward)
+    grad, _ = low.function([*d.forward, *d.backward])
+
+    params = []
+    for p in spec.params:
+        fan_in = p.shape[-1] if p.shape else 1
+        fan_out = p.shape[0] if p.shape else 1
+        init, note = _init(p, fan_in, fan_out)
+        arg = p.name if p.shape else f"_{p.name}"
+        params.append(ParamText(p.name, arg, f"{p.name} = _{p.name}[0]" if not p.shape else "",
+                                repr(tuple(p.shape)), init, note, f"grad_{p.name}"))
+
+    batch_loss = "np.sum(loss)*inv_n"
+    if d.l2_params:
+        squares = " + ".join(f"_sumsq({name})" for name in d.l2_params)
+        batch_loss += f" + _F({spec.l2 / 2!r})*({squares})"
+
+    train = spec.train
+    train_text = (f"{{'optimizer': {train.optimizer!r}, 'lr': {train.lr!r}, "
+                  f"'epochs': {train.epochs!r}, 'batch_size': {train.batch_size!r}}}")
+    equations = tuple(f"({low.numbers[s.name]}) {low.formula(s)}" for s in d.forward)
+    import sympy
+    return ModuleText(
+        name=spec.name,
+        source=source,
+        digest=spec.digest,
+        sympy_version=sympy.__version__,
+        equations=equations,
+        params=tuple(params),
+        param_names=repr(tuple(p.name for p in spec.params)),
+        param_shapes=repr(tuple(tuple(p.shape) for p in spec.params)),
+        param_inits=repr(tuple(p.init for p in spec.params)),
+        input_name=spec.input_name,
+        target_name=spec.target_name,
+        input_shape=repr(tuple(spec.input_shape)),
+        target_shape=repr(tuple(spec.target_shape)),
+        classes=repr(spec.classes),
+        task=repr(d.task),
+        l2=repr(float(spec.l2)),
+        train=train_text,
+        rules=repr(tuple(r.name for r in d.rules)),
+        args=", ".join(p.arg for p in params),
+        forward=tuple(forward),
+        forward_result=d.prediction,
+        loss=tuple(loss),
+        grad=tuple(grad),
+        batch_loss=batch_loss,
+        grads=", ".join(p.grad for p in params) + ("," if len(params) == 1 else ""),
+        prediction_is_scalar=repr(d.values[d.prediction].shape == ()),
+        target_prologue=f"{spec.target_name} = Y",
+    )
