@@ -138,6 +138,9 @@ class DerivationLatexPrinter(LatexPrinter):
     def _print_Symbol(self, expr: sp.Symbol, style: str = "plain") -> str:
         return self._name(expr)
 
+    def _print_Pi(self, expr, exp=None):
+        return r"\pi"
+
     def _print_Function(self, expr, exp=None):
         # SymPy skips the methods of a renamed Function subclass, so the spec's own functions
         # (classes named after them, subclassing UserFunction) arrive here
@@ -252,10 +255,10 @@ class DerivationLatexPrinter(LatexPrinter):
                     self.element = saved
                 upper = f"^{{{size}}}" if size else ""
                 return rf"\left(\sum_{{{inner}=1}}{upper} {body}\right)"
-            return f"{self._transposed(a)} {self._wrap(b)}"
+            return f"{self._transposed(a)} {self._operand(b)}"
         if len(sa) == 1 and len(sb) == 2:
-            return f"{self._transposed(a)} {self._wrap(b)}"
-        return f"{self._wrap(a)} {self._wrap(b)}"
+            return f"{self._transposed(a)} {self._operand(b)}"
+        return f"{self._operand(a)} {self._operand(b)}"
 
     def _transposed(self, expr: sp.Expr) -> str:
         if isinstance(expr, sp.Symbol):
@@ -269,7 +272,14 @@ class DerivationLatexPrinter(LatexPrinter):
 
     def _print_Outer(self, expr, exp=None):
         a, b = expr.args
-        return f"{self._wrap(a)} {self._transposed(b)}"
+        return f"{self._operand(a)} {self._transposed(b)}"
+
+    def _operand(self, expr: sp.Expr) -> str:
+        """A factor of a matrix product: in parentheses unless it is one symbol or call."""
+        text = self._print(expr)
+        if isinstance(expr, (sp.Symbol, sp.Function, Transposed)) or expr.is_Number:
+            return text
+        return paren(text)
 
     def _print_SumAll(self, expr, exp=None):
         arg = expr.args[0]
@@ -305,9 +315,17 @@ class DerivationLatexPrinter(LatexPrinter):
     # ---------------------------------------------------------------- elementwise
     def _print_Sigmoid(self, expr, exp=None):
         if self.expanded:  # written out, so the expanded formulas use elementary functions only
-            out = rf"\frac{{1}}{{1 + e^{{{self._print(-expr.args[0])}}}}}"
+            out = rf"\frac{{1}}{{1 + {self._print(sp.exp(-expr.args[0]))}}}"
             return paren(out) + f"^{{{exp}}}" if exp else out
         return self._apply(r"\sigma", *expr.args, exp=exp)
+
+    def _print_exp(self, expr, exp=None):
+        """e^{u}; exp(u) when u is tall (a sum or a fraction), so the exponent stays readable."""
+        arg = self._print(expr.args[0])
+        if any(tall in arg for tall in (r"\sum", r"\frac")):
+            out = rf"\exp\left({arg}\right)"
+            return f"{out}^{{{exp}}}" if exp else out
+        return super()._print_ExpBase(expr, exp)
 
     def _print_Relu(self, expr, exp=None):
         return self._apply(r"\operatorname{relu}", *expr.args, exp=exp)
@@ -559,7 +577,7 @@ def expanded_gradients(d: Derivation, notation: Notation | None = None) -> list[
         expr = sp.factor_terms(expr)
         rhs = _mean_latex(printer, expr, group=True)
         lhs = rf"\frac{{\partial C}}{{\partial {notation.latex(param, element)}}}"
-        note = f"j = 1, \\dots, {value.shape[0]}" if value.shape else ""
+        note = f"$j = 1, \\dots, {value.shape[0]}$" if value.shape else ""
         out.append(Equation(lhs, rhs, expr, None, None, note))
     return out
 
@@ -625,7 +643,10 @@ def tex_escape(text: str) -> str:
 
 
 def _tt(text: str) -> str:
-    return r"\texttt{" + tex_escape(text) + "}"
+    """Typewriter text that may break after operators, commas and parentheses."""
+    escaped = tex_escape(text)
+    escaped = re.sub(r"([,(+*/@=]|(?<!\\)-)", r"\1\\allowbreak{}", escaped)
+    return r"\texttt{" + escaped + "}"
 
 
 def _shape_latex(shape: tuple, classes: int | None = None) -> str:
@@ -730,24 +751,57 @@ def _num(x: float) -> str:
     return text
 
 
-def _verification_rows(report: "CheckReport") -> list[tuple[str, ...]]:
+def _verification_rows(report: "CheckReport", notation: Notation) -> list[tuple[str, ...]]:
+    """Rows of the check table, already LaTeX: the tensor's math name, shape, errors, status."""
     rows = []
     for r in [*report.rows, report.direction_row]:
-        rows.append((r.name, "x".join(map(str, r.shape)) or "scalar", str(r.checked),
-                     f"{r.max_rel_err:.1e}", f"{r.margin:.2g}", r.status))
+        name = (f"${notation.latex(r.name)}$" if r.name in notation.names else
+                tex_escape(r.name))
+        shape = r" \times ".join(map(str, r.shape))
+        rows.append((name, f"${shape}$" if shape else "scalar", str(r.checked),
+                     _num_text(r.max_rel_err), _num_text(r.margin), tex_escape(r.status)))
     return rows
+
+
+def _num_text(x: float) -> str:
+    """A float for a table: 2.6e-09 → $2.6 \\cdot 10^{-9}$."""
+    if x != x or x in (float("inf"), float("-inf")):
+        return tex_escape(str(x))
+    mant, _, exp = f"{x:.1e}".partition("e")
+    return f"${mant} \\cdot 10^{{{int(exp)}}}$" if int(exp) else f"${mant}$"
 
 
 # ---------------------------------------------------------------------------- LaTeX
 
 
+LONG = 44
+"""Formulas longer than this many visible symbols are shrunk to the line if they do not fit."""
+
+
+def visible_length(tex: str) -> int:
+    """About how many symbols wide ``tex`` renders (fractions count both lines: an upper bound)."""
+    text = re.sub(r"\\(left|right|operatorname|mathbf|mathrm|mathit|text|frac|displaystyle)"
+                  r"(?![A-Za-z])", "", tex)
+    text = re.sub(r"\\(tanh|log|sin|cos|exp|max|sqrt)(?![A-Za-z])", r"\1", text)
+    text = re.sub(r"\\(odot|cdot)(?![A-Za-z])|[-+=]", "xxx", text)   # operators and spacing
+    text = re.sub(r"\\[A-Za-z]+", "x", text)
+    return len(re.sub(r"[{}\s^_&]", "", text))
+
+
+def fit(tex: str, width: str = r"0.72\linewidth") -> str:
+    """``tex`` as is when short; otherwise inside ``\\fitmath`` so it never overflows the page."""
+    return tex if visible_length(tex) <= LONG else rf"\fitmath{{{width}}}{{{tex}}}"
+
+
 def _align(rows: Sequence[Equation], *, notes: bool = True) -> list[str]:
     lines = [r"\begin{align}"]
+    # align sizes its columns over all rows: a long formula leaves no room for the notes
+    notes = notes and all(visible_length(eq.rhs) <= LONG for eq in rows)
     for k, eq in enumerate(rows):
         end = r" \\" if k < len(rows) - 1 else ""
         tag = rf" \tag{{{eq.tag}}}" if eq.tag is not None else r" \notag"
         note = rf" && \text{{{eq.note}}}" if notes and eq.note else ""
-        lines.append(f"  {eq.lhs} &= {eq.rhs}{note}{tag}{end}")
+        lines.append(f"  {eq.lhs} &= {fit(eq.rhs)}{note}{tag}{end}")
     lines.append(r"\end{align}")
     return lines
 
@@ -771,8 +825,14 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
         r"\usepackage{amsmath,amssymb}",
         r"\usepackage{graphicx}",
         r"\usepackage{booktabs}",
+        r"\usepackage{array}",
         r"\allowdisplaybreaks",
         r"\setlength{\parindent}{0pt}",
+        r"\newsavebox{\symgradbox}",
+        r"% \fitmath{W}{math}: the math at its natural size, or shrunk to width W if wider",
+        r"\newcommand{\fitmath}[2]{\sbox{\symgradbox}{$\displaystyle #2$}%",
+        r"  \ifdim\wd\symgradbox>#1\relax\resizebox{#1}{!}{\usebox{\symgradbox}}%",
+        r"  \else\usebox{\symgradbox}\fi}",
         r"\setlength{\parskip}{0.5ex}",
         rf"\title{{Gradients of \texttt{{{title}}}, derived by the chain rule}}",
         r"\author{symgrad}",
@@ -784,7 +844,7 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
         "The model as written in the spec, for one sample:",
         "",
         r"\begin{center}",
-        r"\begin{tabular}{@{}ll@{}}",
+        r"\begin{tabular}{@{}l>{\raggedright\arraybackslash}p{0.75\linewidth}@{}}",
         r"\toprule",
     ]
     for name, body in spec.functions:
@@ -852,7 +912,7 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
     L.append(r"\begin{align}")
     rows = []
     for bg in c.batch:
-        rhs = bg.mean + (rf" \notag \\ &= {bg.matrix}" if bg.matrix else "")
+        rhs = fit(bg.mean) + (rf" \notag \\ &= {fit(bg.matrix)}" if bg.matrix else "")
         rows.append(rf"  {bg.lhs} &= {rhs} \notag")
     L.append(" \\\\[1ex]\n".join(rows))
     L.append(r"\end{align}")
@@ -891,8 +951,8 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
               r"$|a - n| / \max(|a|, |n|)$, margin = error / tolerance (below 1 passes).", "",
               r"\begin{center}", r"\begin{tabular}{@{}llrrrl@{}}", r"\toprule",
               r"tensor & shape & checked & max rel.\ error & margin & status \\", r"\midrule"]
-        for row in _verification_rows(report):
-            L.append(" & ".join(tex_escape(x) for x in row) + r" \\")
+        for row in _verification_rows(report, n):
+            L.append(" & ".join(row) + r" \\")
         L += [r"\bottomrule", r"\end{tabular}", r"\end{center}", "",
               rf"Overall: \textbf{{{tex_escape(report.status)}}}."]
         for note in report.notes:
@@ -971,7 +1031,8 @@ def markdown_document(d: Derivation, *, report: "CheckReport | None" = None,
         out += ["## Verification by finite differences", "",
                 "| tensor | shape | checked | max rel. error | margin | status |",
                 "|---|---|---|---|---|---|"]
-        out += ["| " + " | ".join(row) + " |" for row in _verification_rows(report)]
+        out += ["| " + " | ".join(row).replace(r"\_", "_") + " |"
+                for row in _verification_rows(report, n)]
         out += ["", f"Overall: **{report.status}**.", ""]
         out += [f"Note: {note}" for note in report.notes]
     return "\n".join(out).rstrip("\n") + "\n"
@@ -1130,19 +1191,19 @@ def write_latex(d: Derivation, path: str | os.PathLike[str], *, pdf: bool = Fals
     if pdf:
         _find_pdflatex()
     _check_target(path)
-    files: dict[Path, bytes] = {}
-    graph_name = None
+    graph_name, drawing = None, b""
     if graph or (graph is None and dot_available()):
         graph_name = f"{path.stem}-graph.pdf"
         try:
-            files[path.with_name(graph_name)] = render_graph(d, "pdf")
+            drawing = render_graph(d, "pdf")
         except GraphError as exc:
             raise DocumentError(str(exc)) from None
     tex = latex_document(d, report=report, graph_file=graph_name)
-    files[path] = tex.encode("utf-8")
+    files = {path: tex.encode("utf-8")}
+    if graph_name:
+        files[path.with_name(graph_name)] = drawing
     if pdf:
-        extra = {graph_name: files[path.with_name(graph_name)]} if graph_name else {}
-        data, _ = compile_pdf(tex, extra=extra)
+        data, _ = compile_pdf(tex, extra={graph_name: drawing} if graph_name else None)
         files[path.with_suffix(".pdf")] = data
     return _write_all(files)
 
@@ -1155,14 +1216,15 @@ def write_markdown(d: Derivation, path: str | os.PathLike[str], *,
 
     path = Path(path)
     _check_target(path)
-    files: dict[Path, bytes] = {}
-    graph_name = None
+    graph_name, drawing = None, b""
     if graph or (graph is None and dot_available()):
         graph_name = f"{path.stem}-graph.svg"
         try:
-            files[path.with_name(graph_name)] = render_graph(d, "svg")
+            drawing = render_graph(d, "svg")
         except GraphError as exc:
             raise DocumentError(str(exc)) from None
-    files[path] = markdown_document(d, report=report, graph_file=graph_name).encode("utf-8")
+    files = {path: markdown_document(d, report=report, graph_file=graph_name).encode("utf-8")}
+    if graph_name:
+        files[path.with_name(graph_name)] = drawing
     return _write_all(files)
 
