@@ -84,6 +84,8 @@ class _HtmlPrinter(StrPrinter):
 
     def _print_MatProd(self, expr):
         a, b = (self.parenthesize(x, 45) for x in expr.args)
+        if len(self.notation.d.shape_of(expr.args[0])) == 1:     # uᵀv and uᵀW
+            a += "<SUP>T</SUP>"
         return f"{a} {b}"
 
     def _print_Transposed(self, expr):

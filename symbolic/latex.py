@@ -833,6 +833,13 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
         r"\newcommand{\fitmath}[2]{\sbox{\symgradbox}{$\displaystyle #2$}%",
         r"  \ifdim\wd\symgradbox>#1\relax\resizebox{#1}{!}{\usebox{\symgradbox}}%",
         r"  \else\usebox{\symgradbox}\fi}",
+        r"% \fitgraphic{file}: a figure at its natural size, shrunk to fit the page if larger",
+        r"\newcommand{\fitgraphic}[1]{\sbox{\symgradbox}{\includegraphics[scale=0.75]{#1}}%",
+        r"  \ifdim\wd\symgradbox>\linewidth\relax\symgradshrink{#1}%",
+        r"  \else\ifdim\ht\symgradbox>0.55\textheight\relax\symgradshrink{#1}%",
+        r"  \else\usebox{\symgradbox}\fi\fi}",
+        r"\newcommand{\symgradshrink}[1]{\includegraphics[width=\linewidth,"
+        r"height=0.55\textheight,keepaspectratio]{#1}}",
         r"\setlength{\parskip}{0.5ex}",
         rf"\title{{Gradients of \texttt{{{title}}}, derived by the chain rule}}",
         r"\author{symgrad}",
@@ -844,7 +851,9 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
         "The model as written in the spec, for one sample:",
         "",
         r"\begin{center}",
-        r"\begin{tabular}{@{}l>{\raggedright\arraybackslash}p{0.75\linewidth}@{}}",
+        (r"\begin{tabular}{@{}l>{\raggedright\arraybackslash}p{0.75\linewidth}@{}}"
+         if max(len(f) for _, f in [*spec.model, *spec.functions, ("", spec.loss)]) > 60 else
+         r"\begin{tabular}{@{}ll@{}}"),
         r"\toprule",
     ]
     for name, body in spec.functions:
@@ -875,9 +884,7 @@ def latex_document(d: Derivation, *, report: "CheckReport | None" = None,
           r"edges carry the error signals $\delta$ back to every parameter. Numbers in "
           "parentheses are the equation tags below, which the generated code repeats.", ""]
     if graph_file:
-        L += [r"\begin{center}",
-              rf"\includegraphics[width=\linewidth,height=0.45\textheight,keepaspectratio]"
-              rf"{{{graph_file}}}", "",
+        L += [r"\begin{center}", rf"\fitgraphic{{{graph_file}}}", "",
               rf"\small Computation graph of \texttt{{{title}}}.", r"\end{center}", ""]
     else:
         L += [r"\begin{center}", r"\begin{tabular}{@{}lll@{}}", r"\toprule",

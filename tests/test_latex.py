@@ -313,7 +313,7 @@ def test_without_dot_the_graph_is_a_table(tmp_path, monkeypatch, s2):
     paths = write_latex(s2, tmp_path / "s2.tex")
     assert [p.name for p in paths] == ["s2.tex"]
     text = (tmp_path / "s2.tex").read_text()
-    assert "computed from" in text and "includegraphics" not in text
+    assert "computed from" in text and r"\fitgraphic{s2-graph" not in text
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")
