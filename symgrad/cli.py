@@ -76,9 +76,9 @@ def _check(args: argparse.Namespace) -> int:
         report = verify_reference(d, seed=args.seed)
         what = "reference evaluator"
     else:
-        from codegen import check_generated
+        from codegen import check
 
-        report = check_generated(d, seed=args.seed)
+        report = check(d, seed=args.seed)
         what = "generated module"
     print(f"gradient check of {d.spec.name} ({what}, float64):")
     print(report.table())

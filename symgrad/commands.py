@@ -19,6 +19,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="output folder (default: generated)")
     p.set_defaults(func=_generate)
 
+    p = sub.add_parser("latex", help="write the derivation as a LaTeX document (or Markdown)",
+                       description="Write SPEC's chain-rule derivation — model, computation graph, "
+                                   "forward pass, every δ, the gradients, simplifications, the "
+                                   "optimizer's update rule and the finite-difference check — as "
+                                   "a standalone LaTeX document that pdflatex compiles.")
+    p.add_argument("spec", type=Path, help="the model spec (TOML)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="the document to write: FILE.tex (or FILE.md with --md)")
+    p.add_argument("--pdf", action="store_true",
+                   help="also compile it to FILE.pdf with pdflatex (must be installed)")
+    p.add_argument("--md", action="store_true",
+                   help="write Markdown with $$ math (GitHub, Jupyter) instead of LaTeX")
+    p.add_argument("--no-check", action="store_true",
+                   help="leave out the finite-difference verification table")
+    p.set_defaults(func=_latex)
+
+    p = sub.add_parser("graph", help="draw the computation graph (Graphviz)",
+                       description="Draw SPEC's computation graph: forward edges, and the δ "
+                                   "flowing back to every parameter. The format follows the "
+                                   "suffix; .svg/.png/.pdf need Graphviz's `dot`.")
+    p.add_argument("spec", type=Path, help="the model spec (TOML)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="FILE.dot, FILE.svg, FILE.png or FILE.pdf")
+    p.set_defaults(func=_graph)
+
     p = sub.add_parser("train", help="train a model on data, with progress, plots, checkpoints",
                        description="Derive, generate and check SPEC's module (reusing a current "
                                    "one), then train it on --data and evaluate it.")
@@ -31,6 +56,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "Adam and report the test accuracy. No network needed.")
     add_demo_arguments(p)
     p.set_defaults(func=demo_command)
+
+
+def _latex(args: argparse.Namespace) -> int:
+    from symbolic import derive, load_spec
+    from symbolic.latex import write_latex, write_markdown
+    from symbolic.verify import verify_reference
+
+    d = derive(load_spec(args.spec))
+    report = None if args.no_check else verify_reference(d)
+    if args.md:
+        paths = write_markdown(d, args.output, report=report)
+    else:
+        paths = write_latex(d, args.output, pdf=args.pdf, report=report)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from symbolic import derive, load_spec
+    from symbolic.graph import write_graph
+
+    path = write_graph(derive(load_spec(args.spec)), args.output)
+    print(f"wrote {path}")
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

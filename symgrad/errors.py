@@ -8,12 +8,15 @@ import warnings
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is written for the user."""
     from symbolic import DomainError, SpecError
+    from symbolic.graph import GraphError
+    from symbolic.latex import DocumentError
 
     from .data import DataError
     from .fileio import CheckpointError, FileFormatError, OutputError
 
     found: list[type[BaseException]] = [SpecError, DomainError, DataError, OutputError,
-                                         CheckpointError, FileFormatError]
+                                         CheckpointError, FileFormatError, DocumentError,
+                                         GraphError]
     try:
         from codegen import CodegenError
     except ImportError:
