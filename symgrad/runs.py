@@ -29,7 +29,9 @@ module (``<name>.py``) that the parameters belong to.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -155,6 +157,10 @@ class PreparedData:
     test_from: str  # "data" (the dataset's own test set), "split" or "none"
     mean: np.ndarray | None = None  # standardization statistics of the training split
     std: np.ndarray | None = None
+    # each split's rows as 0-based sample numbers of the source (test: of its own test set)
+    rows_train: np.ndarray | None = None
+    rows_val: np.ndarray | None = None
+    rows_test: np.ndarray | None = None
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.X_train),
@@ -372,12 +378,18 @@ def prepare_data(d: Any, data: Any, options: TrainOptions, *, target: str | None
     source = dataset.source
     y = targets_for_spec(d, dataset.X, dataset.y, source)
     X = dataset.X
+    rows = np.arange(len(X))
+    rows_test = rows_val = None
     if dataset.X_test is not None and dataset.y_test is not None:
         X_test = dataset.X_test
         y_test = targets_for_spec(d, X_test, dataset.y_test, f"{source} (test set)")
+        rows_test = np.arange(len(X_test))
         test_from = "data"
     elif options.test_split > 0:
         _need_samples(len(X), options.test_split, "--test-split", source)
+        # split() shuffles with the seed only, so the row numbers split the same way
+        _, rows, _, rows_test = split(X, rows, test_fraction=options.test_split,
+                                      seed=options.seed)
         X, y, X_test, y_test = split(X, y, test_fraction=options.test_split, seed=options.seed)
         test_from = "split"
     else:
@@ -386,6 +398,8 @@ def prepare_data(d: Any, data: Any, options: TrainOptions, *, target: str | None
     X_val = y_val = None
     if options.val_split > 0:
         _need_samples(len(X), options.val_split, "--val-split", source)
+        _, rows, _, rows_val = split(X, rows, test_fraction=options.val_split,
+                                     seed=options.seed + 1)
         X, y, X_val, y_val = split(X, y, test_fraction=options.val_split, seed=options.seed + 1)
     mean = std = None
     if options.standardize:
@@ -397,7 +411,8 @@ def prepare_data(d: Any, data: Any, options: TrainOptions, *, target: str | None
         if X_test is not None:
             X_test = rest.pop(0)
     return PreparedData(X_train=X, y_train=y, X_val=X_val, y_val=y_val, X_test=X_test,
-                        y_test=y_test, source=source, test_from=test_from, mean=mean, std=std)
+                        y_test=y_test, source=source, test_from=test_from, mean=mean, std=std,
+                        rows_train=rows, rows_val=rows_val, rows_test=rows_test)
 
 
 def _need_samples(n: int, fraction: float, option: str, source: str) -> None:
@@ -467,10 +482,12 @@ def _is_current(d: Any, path: Path) -> bool:
     if not (path.is_file() and report.is_file()):
         return False
     try:
-        if not json.loads(report.read_text(encoding="utf-8")).get("ok", False):
+        checked = json.loads(report.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not checked.get("ok", False) or text != codegen.render_module(d):
             return False
-        render = getattr(codegen, "render_module", None)
-        return render is None or path.read_text(encoding="utf-8") == render(d)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return checked.get("module_sha256") in (None, digest)
     except (OSError, ValueError):
         return False
 
@@ -499,6 +516,8 @@ def _flatten_state(state: Any, prefix: str = "opt") -> tuple[Any, dict[str, np.n
     def walk(obj: Any, key: str) -> Any:
         if obj is None:
             return {"kind": "none"}
+        if isinstance(obj, str):
+            return {"kind": "str", "value": obj}
         if isinstance(obj, (bool, np.bool_)):
             return {"kind": "bool", "value": bool(obj)}
         if isinstance(obj, (int, np.integer)):
@@ -528,8 +547,8 @@ def _unflatten_state(tree: Any, arrays: Mapping[str, np.ndarray], module: Any,
     kind = tree["kind"]
     if kind == "none":
         return None
-    if kind in ("bool", "int"):
-        return tree["value"] if kind == "int" else bool(tree["value"])
+    if kind in ("bool", "int", "str"):
+        return bool(tree["value"]) if kind == "bool" else tree["value"]
     if kind == "float":
         return float(arrays[tree["key"]])
     if kind == "array":
@@ -601,7 +620,7 @@ def _evaluate(module: Any, task: str, params: Any, X: np.ndarray | None, Y: np.n
 
 
 def _domain_error(d: Any, module: Any, params: Any, X: np.ndarray, Y: np.ndarray,
-                  where: str) -> Exception:
+                  rows: np.ndarray | None, where: str, source: str) -> Exception:
     """Name the first sample whose loss is not finite, and the first formula that went wrong."""
     from symbolic import DomainError
 
@@ -611,13 +630,15 @@ def _domain_error(d: Any, module: Any, params: Any, X: np.ndarray, Y: np.ndarray
             index = i
             break
     if index is None:
-        return DomainError(f"the loss on the {where} data is not finite at the initial "
-                           "parameters, though every sample alone is; check the data's scale")
+        return DomainError(f"{source}: the loss on the {where} split is not finite at the "
+                           "initial parameters, though every sample's loss alone is; check the "
+                           "data's scale")
+    sample = int(rows[index]) if rows is not None else index
     formula = _first_bad_formula(d, params, X[index], Y[index])
-    return DomainError(f"sample {index} of the {where} data gives a non-finite loss at the "
-                       f"initial parameters{formula}; the data is outside a formula's domain "
-                       f"(e.g. log or sqrt of a value ≤ 0): fix or remove such samples, or "
-                       f"change the formula in {d.spec.source or d.spec.name}")
+    return DomainError(f"{source}: sample {sample} (0-based, in file order) gives a non-finite "
+                       f"loss at the initial parameters{formula}; the data is outside a "
+                       f"formula's domain (e.g. log or sqrt of a value ≤ 0): fix or remove such "
+                       f"samples, or change the formula in {d.spec.source or d.spec.name}")
 
 
 def _first_bad_formula(d: Any, params: Any, x: np.ndarray, y: Any) -> str:
@@ -672,6 +693,7 @@ class _RunState:
     last_good: dict[str, np.ndarray] | None = None
     last_good_epoch: int = 0
     last_saved_epoch: int | None = None
+    last_step: int = 0  # optimizer steps taken before the current epoch
 
 
 def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str | None = None,
@@ -724,87 +746,99 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
                             max_bytes=max_bytes)
 
     # 3. outputs and resume point, before any long work
+    created = out is not None and not Path(out).exists()
     out_dir = None if out is None else ensure_writable_dir(out)
-    checkpoint = None
-    if resume is not None:
-        checkpoint = _load_resume(Path(resume), spec, options, prepared, max_bytes)
-    timings["prepare_s"] = time.perf_counter() - t0
+    try:
+        checkpoint = None
+        if resume is not None:
+            checkpoint = _load_resume(Path(resume), spec, options, prepared, max_bytes)
+        timings["prepare_s"] = time.perf_counter() - t0
 
-    # 4. the verified module
-    t1 = time.perf_counter()
-    if module is None:
-        module, module_path = load_run_module(d, cache_dir, emit)
-    else:
-        module_path = Path(getattr(module, "__file__", "") or "")
-    timings["module_s"] = time.perf_counter() - t1
+        # 4. the verified module
+        t1 = time.perf_counter()
+        if module is None:
+            module, module_path = load_run_module(d, cache_dir, emit)
+        else:
+            module_path = Path(getattr(module, "__file__", "") or "")
+        timings["module_s"] = time.perf_counter() - t1
 
-    cast = _caster(task, spec, np_dtype)
-    X_tr, Y_tr = cast(prepared.X_train, prepared.y_train)
-    X_va, Y_va = cast(prepared.X_val, prepared.y_val)
-    X_te, Y_te = cast(prepared.X_test, prepared.y_test)
+        cast = _caster(task, spec, np_dtype)
+        X_tr, Y_tr = cast(prepared.X_train, prepared.y_train)
+        X_va, Y_va = cast(prepared.X_val, prepared.y_val)
+        X_te, Y_te = cast(prepared.X_test, prepared.y_test)
 
-    # 5. initial point (fresh or resumed), checked for the formulas' domain
-    state = None
-    start_epoch = 0
-    run = _RunState(history=[])
-    if checkpoint is None:
-        params = module.init_params(seed=options.seed, dtype=np_dtype)
-    else:
-        params = _as_params(module, {k: checkpoint.params[k] for k in module.Params._fields},
-                            np_dtype)
-        extra = checkpoint.extra
-        if extra.get("state") is not None:
-            state = _unflatten_state(extra["state"], checkpoint.params, module, np_dtype)
-        start_epoch = checkpoint.epoch
-        run.history = [dict(h) for h in extra.get("history", [])]
-        es = extra.get("early_stopping") or {}
-        run.best_monitor = math.inf if es.get("best") is None else float(es["best"])
-        run.best_epoch = es.get("best_epoch")
-        run.wait = int(es.get("wait", 0))
-        best = {k[len("best."):]: v for k, v in checkpoint.params.items()
-                if k.startswith("best.")}
-        run.best_params = best or None
-        run.last_saved_epoch = start_epoch
+        # 5. initial point (fresh or resumed), checked for the formulas' domain
+        state = None
+        start_epoch = 0
+        run = _RunState(history=[])
+        if checkpoint is None:
+            params = module.init_params(seed=options.seed, dtype=np_dtype)
+        else:
+            params = _as_params(module, {k: checkpoint.params[k] for k in module.Params._fields},
+                                np_dtype)
+            extra = checkpoint.extra
+            if extra.get("state") is not None:
+                state = _unflatten_state(extra["state"], checkpoint.params, module, np_dtype)
+            start_epoch = checkpoint.epoch
+            run.history = [dict(h) for h in extra.get("history", [])]
+            es = extra.get("early_stopping") or {}
+            run.best_monitor = math.inf if es.get("best") is None else float(es["best"])
+            run.best_epoch = es.get("best_epoch")
+            run.wait = int(es.get("wait", 0))
+            best = {k[len("best."):]: v for k, v in checkpoint.params.items()
+                    if k.startswith("best.")}
+            run.best_params = best or None
+            run.last_saved_epoch = start_epoch
 
-    with np.errstate(all="ignore"):
-        initial = _evaluate(module, task, params, X_tr, Y_tr, "train")
-        initial.update(_evaluate(module, task, params, X_va, Y_va, "val"))
-    for split_name, (Xs, Ys) in (("training", (X_tr, Y_tr)), ("validation", (X_va, Y_va))):
-        key = "train_loss" if split_name == "training" else "val_loss"
-        if key in initial and not math.isfinite(initial[key] or 0.0):
-            if checkpoint is None:
-                raise _domain_error(d, module, params, Xs, Ys, split_name)
-    if checkpoint is None:
-        run.history = [_record(0, initial, 0.0)]
-    run.last_good = _params_dict(params)
-    run.last_good_epoch = start_epoch
+        with np.errstate(all="ignore"):
+            initial = _evaluate(module, task, params, X_tr, Y_tr, "train")
+            initial.update(_evaluate(module, task, params, X_va, Y_va, "val"))
+            test_loss = None if X_te is None else float(module.loss(params, X_te, Y_te))
+        # a non-finite loss at the start is the data leaving a formula's domain
+        for value, Xs, Ys, rows, name in (
+                (initial.get("train_loss"), X_tr, Y_tr, prepared.rows_train, "train"),
+                (initial.get("val_loss"), X_va, Y_va, prepared.rows_val, "validation"),
+                (test_loss, X_te, Y_te, prepared.rows_test, "test")):
+            if checkpoint is None and value is not None and not math.isfinite(value):
+                raise _domain_error(d, module, params, Xs, Ys, rows, name, prepared.source)
+        if checkpoint is None:
+            run.history = [_record(0, initial, 0.0)]
+        run.last_good = _params_dict(params)
+        run.last_good_epoch = start_epoch
 
-    monitor = "val_loss" if X_va is not None else "train_loss"
-    steps_per_epoch = _steps_per_epoch(len(X_tr), options.batch_size)
+        monitor = "val_loss" if X_va is not None else "train_loss"
+        steps_per_epoch = _steps_per_epoch(len(X_tr), options.batch_size, options.optimizer)
+        run.last_step = _step_count(state, start_epoch * steps_per_epoch)
 
-    def save_checkpoint_now(epoch: int, current: Any, opt_state: Any) -> None:
-        if out_dir is None:
-            return
-        tree, state_arrays = _flatten_state(opt_state)
-        arrays = {**_params_dict(current), **state_arrays}
-        if run.best_params is not None:
-            arrays.update({f"best.{k}": v for k, v in run.best_params.items()})
-        extra = {
-            "state": tree,
-            "history": run.history,
-            "options": options.to_dict(),
-            "data": _data_fingerprint(prepared, options),
-            "early_stopping": {"best": None if not math.isfinite(run.best_monitor)
-                               else run.best_monitor, "best_epoch": run.best_epoch,
-                               "wait": run.wait, "monitor": monitor},
-        }
-        save_checkpoint(out_dir / "checkpoint.npz", arrays, spec_hash=spec.digest, epoch=epoch,
-                        history=[h["train_loss"] for h in run.history], extra=_json_safe(extra))
-        run.last_saved_epoch = epoch
+        def save_checkpoint_now(epoch: int, current: Any, opt_state: Any) -> None:
+            if out_dir is None:
+                return
+            tree, state_arrays = _flatten_state(opt_state)
+            arrays = {**_params_dict(current), **state_arrays}
+            if run.best_params is not None:
+                arrays.update({f"best.{k}": v for k, v in run.best_params.items()})
+            extra = {
+                "state": tree,
+                "history": run.history,
+                "options": options.to_dict(),
+                "data": _data_fingerprint(prepared, options),
+                "early_stopping": {"best": None if not math.isfinite(run.best_monitor)
+                                   else run.best_monitor, "best_epoch": run.best_epoch,
+                                   "wait": run.wait, "monitor": monitor},
+            }
+            save_checkpoint(out_dir / "checkpoint.npz", arrays, spec_hash=spec.digest, epoch=epoch,
+                            history=[h["train_loss"] for h in run.history], extra=_json_safe(extra))
+            run.last_saved_epoch = epoch
 
-    # a checkpoint of the starting point: there is always a last good one to go back to
-    if checkpoint is None and out_dir is not None:
-        save_checkpoint_now(0, params, None)
+        # a checkpoint of the starting point: there is always a last good one to go back to
+        if checkpoint is None and out_dir is not None:
+            save_checkpoint_now(0, params, None)
+    except BaseException:
+        # an error before training: leave no empty output folder behind
+        if created and out_dir is not None:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
     emit(Progress("train", f"training {spec.name}: {options.optimizer}, lr {options.lr:g}, "
                            f"batch {options.batch_size or 'full'}, {options.dtype}",
@@ -824,12 +858,15 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
         finite = math.isfinite(float(loss)) and _finite_params(current) and \
             all(math.isfinite(v) for k, v in metrics.items() if k.endswith("_loss") and
                 v is not None)
+        step = _step_count(opt_state, done * steps_per_epoch)
+        first_step, run.last_step = run.last_step + 1, step
         if not finite:
             last = run.history[-2]["train_loss"] if len(run.history) > 1 else None
-            step = done * steps_per_epoch
+            where = (f"step {step}" if step == first_step
+                     else f"steps {first_step}-{step}")
             run.status = "diverged"
             run.message = (
-                f"training diverged in epoch {done} (by step {step}): the loss became "
+                f"training diverged in epoch {done} ({where}): the loss became "
                 f"{_fmt(float(loss))}; the last finite loss was {_fmt(last)} at epoch "
                 f"{run.last_good_epoch}; lower the learning rate (now {options.lr:g}), e.g. "
                 f"--lr {options.lr / 10:g}")
@@ -865,7 +902,8 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
         with np.errstate(all="ignore"):
             final, _, state = module.fit(
                 params, X_tr, Y_tr, optimizer=options.optimizer, lr=options.lr,
-                epochs=options.epochs, batch_size=options.batch_size, seed=options.seed,
+                epochs=options.epochs - start_epoch, batch_size=options.batch_size,
+                seed=options.seed,
                 callback=callback, state=state, start_epoch=start_epoch, **options.hyper)
         params = final
     timings["train_s"] = time.perf_counter() - t2
@@ -916,8 +954,17 @@ def _caster(task: str, spec: Any, dtype: np.dtype) -> Callable[..., tuple[Any, A
     return cast
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    return 1 if batch_size <= 0 or batch_size >= n else math.ceil(n / batch_size)
+def _steps_per_epoch(n: int, batch_size: int, optimizer: str) -> int:
+    """Optimizer steps per epoch (gd always uses the full batch)."""
+    full = optimizer == "gd" or batch_size <= 0 or batch_size >= n
+    return 1 if full else math.ceil(n / batch_size)
+
+
+def _step_count(state: Any, fallback: int) -> int:
+    """The optimizer's step count from its state (generated modules: ``state["step"]``)."""
+    if isinstance(state, dict) and isinstance(state.get("step"), (int, np.integer)):
+        return int(state["step"])
+    return fallback
 
 
 def _record(epoch: int, metrics: Mapping[str, float | None], seconds: float) -> dict[str, Any]:
@@ -1178,35 +1225,52 @@ def demo_spec() -> Any:
     return spec_from_toml(text, source=f"symgrad/specs/{DEMO_SPEC}")
 
 
-def write_derivation(d: Any, out_dir: Path) -> Path | None:
-    """Write ``derivation.tex``; None while ``symbolic.latex`` is not available.
+def write_derivation(d: Any, out_dir: Path, report: Any = None) -> list[Path]:
+    """Write ``derivation.tex`` (and its graph, when Graphviz is installed) into ``out_dir``.
 
-    INTEGRATION POINT: ``symbolic.latex.write_latex(derivation, path)`` (another engineer's
-    module). Until it exists, the demo says the derivation was not written.
+    Integration point: ``symbolic.latex.write_latex(derivation, path, report=...)``; returns []
+    when that module is not available in this build.
     """
     try:
-        from symbolic.latex import write_latex  # type: ignore[import-not-found]
+        from symbolic.latex import write_latex
     except ImportError:
-        return None
-    path = out_dir / "derivation.tex"
-    write_latex(d, path)
-    return path
+        return []
+    return [Path(p) for p in write_latex(d, out_dir / "derivation.tex", report=report)]
 
 
 def demo(out: str | os.PathLike[str] = "runs/demo", *, epochs: int | None = None,
          progress: ProgressFn | None = None, cache_dir: str | os.PathLike[str] | None = None,
-         ) -> tuple[TrainResult, Path | None]:
-    """Derive, document, generate, verify and train the digits network; see ``symgrad demo``."""
+         ) -> tuple[TrainResult, list[Path]]:
+    """Derive, document, generate, verify and train the digits network; see ``symgrad demo``.
+
+    Returns the training result and the derivation files written.
+    """
+    import codegen
     from symbolic import derive
 
     emit = progress or (lambda event: None)
     spec = demo_spec()
-    emit(Progress("derive", f"deriving the gradients of {spec.name} (64 → 128 ReLU → 10 softmax)"))
+    emit(Progress("derive", f"deriving the gradients of {spec.name} "
+                            "(64 → 128 ReLU → 10 softmax cross-entropy)"))
     d = derive(spec)
     out_dir = ensure_writable_dir(out)
-    tex = write_derivation(d, out_dir)
-    result = train(d, "digits", epochs=epochs, out=out_dir, progress=progress,
-                   cache_dir=cache_dir)
+    module, _ = load_run_module(d, cache_dir, emit)
+    emit(Progress("module", "checking the module's gradients against central finite "
+                            "differences (float64)"))
+    report = codegen.verify_module(module, d)
+    if not report.ok:
+        raise codegen.VerificationError(spec.name, report)
+    emit(Progress("module", f"gradients verified: {report.status}, max error/tolerance "
+                            f"{report.margin:.2g}"))
+    tex = write_derivation(d, out_dir, report)
+    emit(Progress("data", "loading the bundled digits (8×8 pixels 0…16, scaled to [0, 1])"))
+    digits = load_data("digits")
+    # pixels to [0, 1], as image data usually is (and as Keras' MNIST is /255)
+    scaled = Dataset(X=digits.X / 16.0, y=digits.y, X_test=None, y_test=None,
+                     feature_names=digits.feature_names, target_name=digits.target_name,
+                     source="digits (pixels / 16)", n_classes=digits.n_classes)
+    result = train(d, scaled, epochs=epochs, out=out_dir, progress=progress, module=module)
+    result.report["verification"] = {"status": report.status, "margin": report.margin}
     return result, tex
 
 
@@ -1325,6 +1389,7 @@ class _Console:
 
 _FILE_NOTES = {
     "derivation.tex": "the derivation, every δ and gradient (LaTeX)",
+    "derivation-graph.pdf": "the computation graph, included by derivation.tex",
     "params.npz": "trained parameters (numpy.load, no pickles)",
     "history.csv": "loss and metrics per epoch",
     "history.json": "the same, as JSON",
@@ -1395,9 +1460,9 @@ def demo_command(args: argparse.Namespace) -> int:
                            cache_dir=args.cache_dir)
     finally:
         console.close()
-    extra = {"derivation.tex": tex} if tex is not None else {}
+    extra = {("derivation.tex" if p.suffix == ".tex" else p.name): p for p in tex}
     _print_result(result, extra)
-    if tex is None:
+    if not tex:
         print("  (derivation.tex not written: symbolic.latex is not available in this build)")
     accuracy = result.metrics.get("test_accuracy")
     if accuracy is not None:

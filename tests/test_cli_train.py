@@ -73,7 +73,7 @@ y = 1
 a = { init = 1.0 }
 c = {}
 [model]
-yhat = "a * log(t) + c"
+yhat = "a * log(t * t) + c"
 [loss]
 expr = "square(yhat - y)"
 """
@@ -223,3 +223,117 @@ def test_bad_option_values_are_usage_errors(tmp_path, env):
         assert result.returncode == 2 and needle in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------- real runs
+
+
+def report_of(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_demo_reaches_97_percent_and_lists_its_outputs(tmp_path, env):
+    start = time.perf_counter()
+    result = symgrad("demo", "--out", tmp_path / "demo", env=env, cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    report = report_of(tmp_path / "demo")
+    assert report["data"]["samples"]["test"] == round(0.25 * 1797)  # 449 held out
+    assert report["metrics"]["test_accuracy"] >= 0.97
+    assert "test accuracy" in result.stdout
+    for name in ("params.npz", "history.csv", "loss.png", "report.json", "checkpoint.npz",
+                 "digits_mlp.py"):
+        assert (tmp_path / "demo" / name).is_file()
+        assert name in result.stdout
+    assert "epoch" in result.stderr  # the progress bar
+    assert elapsed < 120, f"demo took {elapsed:.0f} s"
+
+
+def test_iris_softmax_regression_reaches_93_percent(tmp_path, env):
+    spec = write_spec(tmp_path, IRIS_SOFTMAX, "iris_softmax")
+    result = symgrad("train", spec, "--data", "iris", "--out", tmp_path / "out", "--quiet",
+                     env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch" not in result.stderr  # --quiet hides the progress bar
+    assert report_of(tmp_path / "out")["metrics"]["test_accuracy"] >= 0.93
+    assert "test: loss" in result.stdout
+
+
+def test_breast_cancer_logistic_regression_reaches_95_percent(tmp_path, env):
+    result = symgrad("train", EXAMPLES / "logistic_regression.toml", "--data", "breast_cancer",
+                     "--standardize", "--out", tmp_path / "out", "--quiet", env=env,
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = report_of(tmp_path / "out")
+    assert report["data"]["standardized"] and report["metrics"]["test_accuracy"] >= 0.95
+
+
+def test_diabetes_linear_regression_matches_least_squares(tmp_path, env):
+    from symbolic import derive, spec_from_toml
+    from symgrad import runs
+
+    spec_path = write_spec(tmp_path, DIABETES_LINEAR, "diabetes_linear")
+    result = symgrad("train", spec_path, "--data", "diabetes", "--standardize", "--val-split",
+                     "0", "--out", tmp_path / "out", "--quiet", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    r2 = report_of(tmp_path / "out")["metrics"]["test_r2"]
+    # the closed-form least-squares fit on the very same split
+    d = derive(spec_from_toml(DIABETES_LINEAR))
+    data = runs.prepare_data(d, "diabetes", runs.resolve_options(d.spec, val_split=0,
+                                                                 standardize=True))
+    A = np.c_[data.X_train, np.ones(len(data.X_train))]
+    coef, *_ = np.linalg.lstsq(A, data.y_train, rcond=None)
+    pred = np.c_[data.X_test, np.ones(len(data.X_test))] @ coef
+    best = 1 - ((data.y_test - pred) ** 2).sum() / ((data.y_test - data.y_test.mean()) ** 2).sum()
+    assert abs(r2 - best) <= 0.01, (r2, best)
+
+
+def test_divergent_learning_rate_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                                  env):
+    from symgrad.fileio import load_npz_safe
+
+    spec_path = write_spec(tmp_path, DIABETES_LINEAR, "diabetes_linear")
+    out = tmp_path / "out"
+    result = symgrad("train", spec_path, "--data", "diabetes", "--standardize", "--lr", "1e3",
+                     "--epochs", "1000", "--out", out, env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "lower the learning rate" in result.stderr and "last finite loss" in result.stderr
+    assert "Traceback" not in result.stderr
+    history = json.loads((out / "history.json").read_text())
+    finite = [h["train_loss"] is not None and h["val_loss"] is not None for h in history]
+    assert not finite[-1] and all(finite[:-1])  # stopped at the first non-finite loss
+    assert history[-1]["epoch"] < 1000
+    arrays, meta = load_npz_safe(out / "checkpoint.npz")
+    assert meta["epoch"] == history[-1]["epoch"] - 1  # the last good epoch
+    assert all(np.all(np.isfinite(a)) for a in arrays.values())
+    assert report_of(out)["status"] == "diverged"
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, env):
+    spec = write_spec(tmp_path, IRIS_SOFTMAX, "iris_softmax")
+    common = ["--data", "iris", "--quiet"]
+    assert symgrad("train", spec, *common, "--epochs", "6", "--out", tmp_path / "straight",
+                   env=env, cwd=tmp_path).returncode == 0
+    assert symgrad("train", spec, *common, "--epochs", "3", "--out", tmp_path / "parts",
+                   env=env, cwd=tmp_path).returncode == 0
+    result = symgrad("train", spec, *common, "--epochs", "6", "--out", tmp_path / "parts",
+                     "--resume", tmp_path / "parts" / "checkpoint.npz", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "straight" / "params.npz") as a, \
+            np.load(tmp_path / "parts" / "params.npz") as b:
+        for name in ("W", "b"):
+            assert np.array_equal(a[name], b[name])
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa
+    assert strip(json.loads((tmp_path / "straight" / "history.json").read_text())) == \
+        strip(json.loads((tmp_path / "parts" / "history.json").read_text()))
+
+
+def test_data_outside_a_formula_domain_names_the_sample(tmp_path, env):
+    spec = write_spec(tmp_path, LOG_FIT, "log_fit")
+    data = tmp_path / "t.csv"
+    data.write_text("t,y\n1,0\n2,0.7\n3,1.1\n0,1.4\n5,1.6\n6,1.8\n")  # log(0)
+    result = symgrad("train", spec, "--data", data, "--out", tmp_path / "out", env=env,
+                     cwd=tmp_path)
+    one_error(result, "t.csv: sample 3 (0-based, in file order)",
+              'model.yhat = "a * log(t * t) + c" gives -inf')
+    assert not (tmp_path / "out").exists()  # no output folder left behind

@@ -73,13 +73,14 @@ class StandIn:
     def fit(self, params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0,
             callback=None, state=None, start_epoch=0, **hyper):
         if state is None:
-            state = {"step": 0, "m": [np.zeros_like(v) for v in params],
+            state = {"optimizer": optimizer, "step": 0,
+                     "m": [np.zeros_like(v) for v in params],
                      "v": [np.zeros_like(v) for v in params]}
         b1, b2, eps = hyper.get("beta1", 0.9), hyper.get("beta2", 0.999), hyper.get("eps", 1e-8)
         history = []
         n = len(X)
         bs = n if batch_size <= 0 else min(batch_size, n)
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, start_epoch + epochs):
             order = np.random.default_rng([seed, epoch]).permutation(n)
             total = 0.0
             for start in range(0, n, bs):
@@ -128,7 +129,7 @@ class Scripted:
     def fit(self, params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0,
             callback=None, state=None, start_epoch=0, **hyper):
         state = state or {"step": 0}
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, start_epoch + epochs):
             state["step"] += 1
             params = self.Params(w=np.array([self.ws[epoch], 1.0]))
             if callback(epoch, self.ws[epoch], params, state) is False:
@@ -408,7 +409,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     assert result.status == "diverged" and not result.ok
     assert result.epochs_run == 2 and result.params["w"][0] == 4.0
     assert "epoch 3" in result.message and "last finite loss was 4" in result.message
-    assert "lower the learning rate" in result.message
+    assert "lower the learning rate" in result.message and "(step 3)" in result.message
     arrays, meta = load_npz_safe(tmp_path / "checkpoint.npz")
     assert meta["epoch"] == 2 and arrays["w"][0] == 4.0
 
@@ -434,9 +435,9 @@ def test_data_outside_a_formula_domain_names_sample_and_formula():
                       model={"yhat": "a * log(t) + c"}, loss="square(yhat - y)")
     d = derive(spec)
     t = np.array([1.0, 2.0, 3.0, -1.0, 5.0, 6.0, 7.0, 8.0])
-    with pytest.raises(DomainError, match=r'sample \d+ of the training data.*model.yhat = '
-                                          r'"a \* log\(t\) \+ c" gives nan'):
-        runs.train(d, (t, 2 * t), val_split=0, test_split=0, module=StandIn(d))
+    with pytest.raises(DomainError, match=r'arrays: sample 3 \(0-based, in file order\).*'
+                                          r'model.yhat = "a \* log\(t\) \+ c" gives nan'):
+        runs.train(d, (t, 2 * t), module=StandIn(d))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -461,3 +462,35 @@ def test_optimizer_state_round_trips():
     back = runs._unflatten_state(tree, arrays, object(), np.dtype(np.float32))
     assert back["adam"].step == 7 and back["adam"].m[1].dtype == np.float32
     assert back["lr_t"] == 0.5 and back["x"] is None
+
+
+# ---------------------------------------------------------------------------- the real module
+
+
+@pytest.fixture(scope="module")
+def module_cache(pytestconfig):
+    """The generated-module cache the CLI tests use too: each spec compiles once."""
+    return Path(pytestconfig.cache.mkdir("symgrad-modules"))
+
+
+def test_notebook_api_with_the_generated_module(tmp_path, module_cache):
+    import symgrad
+
+    events = []
+    result = symgrad.train(runs.demo_spec(), "digits", epochs=3, out=tmp_path / "run",
+                           cache_dir=module_cache, progress=events.append, patience=5)
+    assert isinstance(result, symgrad.TrainResult) and result.status == "completed"
+    assert result.module.SPEC_DIGEST.endswith(runs.demo_spec().digest)
+    assert [e.epoch for e in events if e.stage == "epoch"] == [1, 2, 3]
+    assert all(isinstance(e, symgrad.Progress) for e in events)
+    assert 0.5 < result.metrics["test_accuracy"] <= 1
+    assert set(result.paths) >= {"params.npz", "report.json", "loss.png", "checkpoint.npz",
+                                 "module"}
+    assert result.paths["module"].read_text() == result.module.__loader__.get_data(
+        result.module.__file__).decode()
+    labels = result.predict(result.data.X_test[:7])
+    assert labels.shape == (7,) and labels.dtype.kind == "i"
+    # float32 training runs the same module
+    small = symgrad.train(runs.demo_spec(), "digits", epochs=1, dtype="float32",
+                          cache_dir=module_cache)
+    assert small.params["W1"].dtype == np.float32
