@@ -9,7 +9,7 @@ Entry points::
     equation_numbers(derivation) -> {step name: k}   # the (k) tags shared with the LaTeX document
 """
 
-from .generate import (
+from .pipeline import (
     VerificationError, as_derivation, check, check_text, generate, load_module, render_module,
     verify_module, write_atomic,
 )

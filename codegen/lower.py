@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symbolic.derive import Derivation, Step, shape_of
+from symbolic.notation import equation_tags
 from symbolic.functions import (
     Elu, Gelu, LogSumExp, Sigmoid, Softmax, Softplus, UserFunction,
 )
@@ -39,9 +40,11 @@ HOISTABLE = (sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, Sigmoid, Softplus, LogSumE
 
 
 def equation_numbers(d: Derivation) -> dict[str, int]:
-    """The equation number of every step: forward steps from 1 in order, then backward steps."""
-    steps = [*d.forward, *d.backward]
-    return {step.name: k for k, step in enumerate(steps, start=1)}
+    """The equation number of every step: forward steps from 1 in order, then backward steps.
+
+    The same rule as :func:`symbolic.notation.equation_tags` (the LaTeX document's ``\\tag{k}``).
+    """
+    return equation_tags(d)
 
 
 # ------------------------------------------------------------------------------ strings

@@ -281,12 +281,9 @@ epoch_order = _epoch_order
 
 
 @njit(cache=True)
-def _update(p, g, m, v, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
-    """One optimizer step on one parameter array, in place (see fit for the equations)."""
-    pf = p.reshape(p.size)
+def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
+    """One optimizer step on one flattened parameter, in place (see fit for the equations)."""
     gf = g.reshape(g.size)
-    mf = m.reshape(m.size)
-    vf = v.reshape(v.size)
     if opt <= 1:  # gd, sgd
         for i in range(pf.size):
             pf[i] = pf[i] - lr * gf[i]
@@ -316,9 +313,14 @@ def _update(p, g, m, v, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
 
 @njit(cache=True)
 def _gather(src, order, start, out):
-    """Rows order[start:start + len(out)] of src, copied into the contiguous buffer out."""
+    """Rows order[start:start + len(out)] of src (1-D or 2-D), copied into the buffer out."""
+    cols = src.size // max(src.shape[0], 1)
+    flat_src = src.reshape((src.shape[0], cols))
+    flat_out = out.reshape((out.shape[0], cols))
     for k in range(out.shape[0]):
-        out[k] = src[order[start + k]]
+        row = order[start + k]
+        for j in range(cols):
+            flat_out[k, j] = flat_src[row, j]
 
 
 @njit(cache=True)
@@ -340,6 +342,16 @@ def _fit_epochs(_a, _k, _c,
     _Xl = np.empty((_last, X.shape[1]), X.dtype)
     _Yl = np.empty((_last,) + Y.shape[1:], Y.dtype)
     _order = np.arange(_n)
+    # flat views of the parameters and moments, updated in place
+    _flat_a = _a.reshape(_a.size)
+    _flat_m_a = _m_a.reshape(_m_a.size)
+    _flat_v_a = _v_a.reshape(_v_a.size)
+    _flat_k = _k.reshape(_k.size)
+    _flat_m_k = _m_k.reshape(_m_k.size)
+    _flat_v_k = _v_k.reshape(_v_k.size)
+    _flat_c = _c.reshape(_c.size)
+    _flat_m_c = _m_c.reshape(_m_c.size)
+    _flat_v_c = _v_c.reshape(_v_c.size)
     for _epoch in range(_epoch0, _epoch1):
         if not _full:
             _order = _epoch_order(_n, _seed, _epoch)
@@ -358,9 +370,12 @@ def _fit_epochs(_a, _k, _c,
                 _gather(Y, _order, _start, _Yl)
                 _value, _grads = _loss_grad(_a, _k, _c, _Xl, _Yl)
             _t += 1
-            _update(_a, _grads[0], _m_a, _v_a, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_k, _grads[1], _m_k, _v_k, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_c, _grads[2], _m_c, _v_c, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_a, _grads[0], _flat_m_a, _flat_v_a,
+                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_k, _grads[1], _flat_m_k, _flat_v_k,
+                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_c, _grads[2], _flat_m_c, _flat_v_c,
+                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
             _total += _value * _size
             _start += _size
         _history[_epoch - _epoch0] = _total / _n
@@ -448,9 +463,9 @@ def accuracy(params, X, Y):
         raise ValueError("accuracy is defined for classifiers only (TASK is 'regression')")
     labels = predict(params, X)
     Y = np.asarray(Y)
-    if TASK == "multiclass" and Y.ndim == 2 and Y.shape[1] == CLASSES:
-        Y = np.argmax(Y, axis=1)
-    return float(np.mean(labels.reshape(Y.shape) == Y))
+    if TASK == "multiclass" and Y.ndim == 2 and Y.shape[1] > 1:
+        Y = np.argmax(Y, axis=1)  # one-hot rows
+    return float(np.mean(labels.reshape(-1) == Y.reshape(-1)))
 
 
 def loss(params, X, Y):

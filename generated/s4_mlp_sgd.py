@@ -295,12 +295,9 @@ epoch_order = _epoch_order
 
 
 @njit(cache=True)
-def _update(p, g, m, v, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
-    """One optimizer step on one parameter array, in place (see fit for the equations)."""
-    pf = p.reshape(p.size)
+def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
+    """One optimizer step on one flattened parameter, in place (see fit for the equations)."""
     gf = g.reshape(g.size)
-    mf = m.reshape(m.size)
-    vf = v.reshape(v.size)
     if opt <= 1:  # gd, sgd
         for i in range(pf.size):
             pf[i] = pf[i] - lr * gf[i]
@@ -330,9 +327,14 @@ def _update(p, g, m, v, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
 
 @njit(cache=True)
 def _gather(src, order, start, out):
-    """Rows order[start:start + len(out)] of src, copied into the contiguous buffer out."""
+    """Rows order[start:start + len(out)] of src (1-D or 2-D), copied into the buffer out."""
+    cols = src.size // max(src.shape[0], 1)
+    flat_src = src.reshape((src.shape[0], cols))
+    flat_out = out.reshape((out.shape[0], cols))
     for k in range(out.shape[0]):
-        out[k] = src[order[start + k]]
+        row = order[start + k]
+        for j in range(cols):
+            flat_out[k, j] = flat_src[row, j]
 
 
 @njit(cache=True)
@@ -355,6 +357,19 @@ def _fit_epochs(W1, b1, W2, b2,
     _Xl = np.empty((_last, X.shape[1]), X.dtype)
     _Yl = np.empty((_last,) + Y.shape[1:], Y.dtype)
     _order = np.arange(_n)
+    # flat views of the parameters and moments, updated in place
+    _flat_W1 = W1.reshape(W1.size)
+    _flat_m_W1 = _m_W1.reshape(_m_W1.size)
+    _flat_v_W1 = _v_W1.reshape(_v_W1.size)
+    _flat_b1 = b1.reshape(b1.size)
+    _flat_m_b1 = _m_b1.reshape(_m_b1.size)
+    _flat_v_b1 = _v_b1.reshape(_v_b1.size)
+    _flat_W2 = W2.reshape(W2.size)
+    _flat_m_W2 = _m_W2.reshape(_m_W2.size)
+    _flat_v_W2 = _v_W2.reshape(_v_W2.size)
+    _flat_b2 = b2.reshape(b2.size)
+    _flat_m_b2 = _m_b2.reshape(_m_b2.size)
+    _flat_v_b2 = _v_b2.reshape(_v_b2.size)
     for _epoch in range(_epoch0, _epoch1):
         if not _full:
             _order = _epoch_order(_n, _seed, _epoch)
@@ -373,10 +388,14 @@ def _fit_epochs(W1, b1, W2, b2,
                 _gather(Y, _order, _start, _Yl)
                 _value, _grads = _loss_grad(W1, b1, W2, b2, _Xl, _Yl)
             _t += 1
-            _update(W1, _grads[0], _m_W1, _v_W1, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(b1, _grads[1], _m_b1, _v_b1, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(W2, _grads[2], _m_W2, _v_W2, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(b2, _grads[3], _m_b2, _v_b2, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_W1, _grads[0], _flat_m_W1, _flat_v_W1,
+                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_b1, _grads[1], _flat_m_b1, _flat_v_b1,
+                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_W2, _grads[2], _flat_m_W2, _flat_v_W2,
+                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_b2, _grads[3], _flat_m_b2, _flat_v_b2,
+                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
             _total += _value * _size
             _start += _size
         _history[_epoch - _epoch0] = _total / _n
@@ -464,9 +483,9 @@ def accuracy(params, X, Y):
         raise ValueError("accuracy is defined for classifiers only (TASK is 'regression')")
     labels = predict(params, X)
     Y = np.asarray(Y)
-    if TASK == "multiclass" and Y.ndim == 2 and Y.shape[1] == CLASSES:
-        Y = np.argmax(Y, axis=1)
-    return float(np.mean(labels.reshape(Y.shape) == Y))
+    if TASK == "multiclass" and Y.ndim == 2 and Y.shape[1] > 1:
+        Y = np.argmax(Y, axis=1)  # one-hot rows
+    return float(np.mean(labels.reshape(-1) == Y.reshape(-1)))
 
 
 def loss(params, X, Y):

@@ -95,17 +95,23 @@ def content_hash(text: str) -> str:
 
 
 def load_module(path: str | os.PathLike, name: str | None = None):
-    """Import a generated module from its file path.
+    """Import a generated module from its file path, as module ``name`` (default: the file stem).
 
-    The module name includes a hash of the file's content (unless ``name`` is given), so two
-    versions of one model never share a module object, and Numba's cache (keyed by the file's
-    path and modification time) is never stale.
+    The default name is the one ``import <stem>`` gives, on purpose: Numba's on-disk cache is
+    keyed by the file, but a cached function records the name of the module it was compiled
+    in and re-imports that name when it is loaded, so one file must always be imported under
+    one name (``codegen.load_module(path)`` and ``import s2_mnist_mlp`` agree; a file imported
+    as ``pkg.s2_mnist_mlp`` elsewhere would not). A file whose content changed is executed
+    again (Numba's cache notices the new modification time and recompiles).
     """
     path = Path(path).resolve()
     text = path.read_text()
-    name = name or f"symgrad_generated_{path.stem}_{content_hash(text)[:12]}"
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
-        return sys.modules[name]
+    name = name or path.stem
+    digest = content_hash(text)
+    loaded = sys.modules.get(name)
+    if (loaded is not None and getattr(loaded, "__file__", None) == str(path)
+            and getattr(loaded, "__symgrad_sha256__", None) == digest):
+        return loaded
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
@@ -116,6 +122,7 @@ def load_module(path: str | os.PathLike, name: str | None = None):
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    module.__symgrad_sha256__ = digest
     return module
 
 
