@@ -102,11 +102,11 @@ ProgressFn = Callable[["Progress"], None]
 class Progress:
     """One progress event, passed to the ``progress`` callback of :func:`train`.
 
-    ``stage`` is ``"derive"``, ``"data"``, ``"module"``, ``"train"`` (training starts: ``epoch``
-    is the first epoch to run minus one, ``epochs`` the last), ``"epoch"`` (one epoch finished;
-    ``metrics`` holds ``train_loss``, ``val_loss`` and ``val_accuracy`` or ``val_r2``),
-    ``"stopped"`` (early stopping or divergence; ``message`` says which), ``"evaluate"``,
-    ``"write"`` or ``"done"``.
+    ``stage`` is one of ``"derive"``, ``"data"``, ``"module"``, ``"compile"``; ``"train"``
+    (training starts: ``epoch`` is the number of epochs already done, ``epochs`` the total);
+    ``"epoch"`` (one epoch finished; ``metrics`` holds ``train_loss``, ``val_loss`` and
+    ``val_accuracy`` or ``val_r2``); ``"stopped"`` (early stopping or divergence; ``message``
+    says which); ``"evaluate"``, ``"write"``, ``"done"``.
     """
 
     stage: str
@@ -741,7 +741,8 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
     np_dtype = np.dtype(options.dtype)
 
     # 2. data, checked against the spec before any compiled code runs
-    emit(Progress("data", f"loading {data if isinstance(data, (str, os.PathLike)) else 'data'}"))
+    if isinstance(data, (str, os.PathLike)):
+        emit(Progress("data", f"loading {os.fspath(data)}"))
     prepared = prepare_data(d, data, options, target=target, x_key=x_key, y_key=y_key,
                             max_bytes=max_bytes)
 
@@ -790,7 +791,14 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
             run.best_params = best or None
             run.last_saved_epoch = start_epoch
 
+        # compile (or load from Numba's cache) before the progress bar starts, so that long
+        # work is announced rather than looking like a frozen first epoch
+        emit(Progress("compile", "compiling the training loop with Numba (the first run of a "
+                                 "spec only; later runs load it from the cache)"))
         with np.errstate(all="ignore"):
+            module.fit(params, X_tr[:2], Y_tr[:2], optimizer=options.optimizer, lr=options.lr,
+                       epochs=0, batch_size=options.batch_size, seed=options.seed,
+                       state=state, start_epoch=start_epoch, **options.hyper)
             initial = _evaluate(module, task, params, X_tr, Y_tr, "train")
             initial.update(_evaluate(module, task, params, X_va, Y_va, "val"))
             test_loss = None if X_te is None else float(module.loss(params, X_te, Y_te))
@@ -1427,6 +1435,13 @@ def train_command(args: argparse.Namespace) -> int:
                        resume=args.resume, patience=args.patience, standardize=args.standardize,
                        checkpoint_every=args.checkpoint_every, max_bytes=args.max_bytes,
                        cache_dir=args.cache_dir, progress=console)
+    except KeyboardInterrupt:
+        console.close()
+        checkpoint = out / "checkpoint.npz"
+        if checkpoint.is_file():
+            print(f"symgrad: the last checkpoint is {checkpoint}; continue with "
+                  f"--resume {checkpoint}", file=sys.stderr)
+        raise
     finally:
         console.close()
     _print_result(result)

@@ -79,10 +79,17 @@ expr = "square(yhat - y)"
 """
 
 
+def module_cache_dir(pytestconfig, tmp_path_factory) -> Path:
+    """pytest's cache folder (kept between sessions), or a session folder without it."""
+    if getattr(pytestconfig, "cache", None) is not None:
+        return Path(pytestconfig.cache.mkdir("symgrad-modules"))
+    return tmp_path_factory.mktemp("symgrad-modules")
+
+
 @pytest.fixture(scope="session")
-def env(pytestconfig):
+def env(pytestconfig, tmp_path_factory):
     """Environment for the subprocesses: a module cache shared by every test (and session)."""
-    cache = Path(pytestconfig.cache.mkdir("symgrad-modules"))
+    cache = module_cache_dir(pytestconfig, tmp_path_factory)
     e = dict(os.environ)
     e["SYMGRAD_CACHE_DIR"] = str(cache)
     e["PYTHONWARNINGS"] = "ignore"

@@ -468,9 +468,11 @@ def test_optimizer_state_round_trips():
 
 
 @pytest.fixture(scope="module")
-def module_cache(pytestconfig):
+def module_cache(pytestconfig, tmp_path_factory):
     """The generated-module cache the CLI tests use too: each spec compiles once."""
-    return Path(pytestconfig.cache.mkdir("symgrad-modules"))
+    if getattr(pytestconfig, "cache", None) is not None:
+        return Path(pytestconfig.cache.mkdir("symgrad-modules"))
+    return tmp_path_factory.mktemp("symgrad-modules")
 
 
 def test_notebook_api_with_the_generated_module(tmp_path, module_cache):
