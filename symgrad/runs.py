@@ -810,7 +810,9 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
             if checkpoint is None and value is not None and not math.isfinite(value):
                 raise _domain_error(d, module, params, Xs, Ys, rows, name, prepared.source)
         if checkpoint is None:
-            run.history = [_record(0, initial, 0.0)]
+            first = {k: v for k, v in initial.items()
+                     if X_va is None or k not in ("train_accuracy", "train_r2")}
+            run.history = [_record(0, first, 0.0)]
         run.last_good = _params_dict(params)
         run.last_good_epoch = start_epoch
 
@@ -862,6 +864,10 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
         with np.errstate(all="ignore"):
             metrics: dict[str, float | None] = {"train_loss": float(loss)}
             metrics.update(_evaluate(module, task, current, X_va, Y_va, "val"))
+            if X_va is None and math.isfinite(float(loss)):
+                # no validation split: the training split's accuracy / R² instead
+                fit_metrics = _evaluate(module, task, current, X_tr, Y_tr, "train")
+                metrics.update({k: v for k, v in fit_metrics.items() if k != "train_loss"})
         run.history.append(_record(done, metrics, seconds))
         finite = math.isfinite(float(loss)) and _finite_params(current) and \
             all(math.isfinite(v) for k, v in metrics.items() if k.endswith("_loss") and
@@ -977,7 +983,8 @@ def _step_count(state: Any, fallback: int) -> int:
 
 def _record(epoch: int, metrics: Mapping[str, float | None], seconds: float) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch}
-    for key in ("train_loss", "val_loss", "val_accuracy", "val_r2"):
+    for key in ("train_loss", "train_accuracy", "train_r2", "val_loss", "val_accuracy",
+                "val_r2"):
         if key in metrics:
             row[key] = metrics[key]
     row["seconds"] = round(seconds, 6)
@@ -1146,7 +1153,8 @@ def _plot(history: list[dict[str, Any]], title: str, best_epoch: int | None,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    metric = next((k for k in ("val_accuracy", "val_r2") if any(k in h for h in history)), None)
+    metric = next((k for k in ("val_accuracy", "val_r2", "train_accuracy", "train_r2")
+                   if any(h.get(k) is not None for h in history)), None)
     fig = Figure(figsize=(9 if metric else 6, 4), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 if metric else 1, squeeze=False)[0]
@@ -1179,8 +1187,8 @@ def _plot(history: list[dict[str, Any]], title: str, best_epoch: int | None,
         xs, ys = series(metric)
         axes[1].plot(xs, ys, color="tab:green")
         axes[1].set_xlabel("epoch")
-        axes[1].set_ylabel("validation accuracy" if metric == "val_accuracy"
-                           else "validation R²")
+        axes[1].set_ylabel(("validation " if metric.startswith("val") else "training ")
+                           + ("accuracy" if metric.endswith("accuracy") else "R²"))
         axes[1].grid(True, alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -1376,10 +1384,12 @@ class _Console:
             shown: dict[str, str] = {"loss": _fmt(m.get("train_loss"))}
             if m.get("val_loss") is not None:
                 shown["val_loss"] = _fmt(m.get("val_loss"))
-            if m.get("val_accuracy") is not None:
-                shown["val_acc"] = f"{m['val_accuracy']:.2%}"
-            if m.get("val_r2") is not None:
-                shown["val_r2"] = f"{m['val_r2']:.4f}"
+            for key, label in (("val_accuracy", "val_acc"), ("train_accuracy", "acc")):
+                if m.get(key) is not None:
+                    shown[label] = f"{m[key]:.2%}"
+            for key in ("val_r2", "train_r2"):
+                if m.get(key) is not None:
+                    shown[key.replace("train_", "")] = f"{m[key]:.4f}"
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update(1)
         elif event.stage in ("stopped", "done", "evaluate", "write"):

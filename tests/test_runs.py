@@ -496,3 +496,10 @@ def test_notebook_api_with_the_generated_module(tmp_path, module_cache):
     small = symgrad.train(runs.demo_spec(), "digits", epochs=1, dtype="float32",
                           cache_dir=module_cache)
     assert small.params["W1"].dtype == np.float32
+
+
+def test_without_validation_the_training_accuracy_is_tracked(iris_d, iris_module):
+    result = runs.train(iris_d, "iris", epochs=2, val_split=0, module=iris_module)
+    assert all("train_accuracy" in h and "val_loss" not in h for h in result.history)
+    png = runs.plot_history(result.history, "t")
+    assert png[:4] == b"\x89PNG"
