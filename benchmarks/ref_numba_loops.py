@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
 SUPPORTED = ("W1", "W2")
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, error_model="numpy")
 def _train_linear_mse(X, Y, W, b, lr, batch, steps):
     N, d = X.shape
     k = W.shape[0]
@@ -59,7 +59,7 @@ def _train_linear_mse(X, Y, W, b, lr, batch, steps):
     return loss
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, error_model="numpy")
 def _train_mlp_mse(X, Y, W1, b1, W2, b2, lr, batch, steps):
     N, d = X.shape
     h = W1.shape[0]

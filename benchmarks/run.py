@@ -26,7 +26,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+
+def _early_threads() -> None:
+    """``--threads N`` must act before NumPy/SciPy/torch/XLA start their pools."""
+    argv = sys.argv[1:]
+    n = None
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            n = argv[i + 1]
+        elif a.startswith("--threads="):
+            n = a.split("=", 1)[1]
+    if n:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            os.environ[var] = n
+        flags = os.environ.get("XLA_FLAGS", "")
+        extra = f"--xla_cpu_multi_thread_eigen={'false' if n == '1' else 'true'} intra_op_parallelism_threads={n}"
+        os.environ["XLA_FLAGS"] = (flags + " " + extra).strip()
+
+
+if __name__ == "__main__":
+    _early_threads()
+
+import numpy as np  # noqa: E402
 
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere
@@ -72,6 +93,11 @@ def blas_info() -> str:
     try:
         from threadpoolctl import threadpool_info
 
+        try:  # load SciPy's BLAS too (Numba's np.dot calls it) so that it is listed
+            import scipy.linalg.cython_blas  # noqa: F401
+        except Exception:
+            pass
+
         parts = []
         for i in threadpool_info():
             if i.get("user_api") == "blas":
@@ -104,8 +130,8 @@ def machine_info() -> dict[str, str]:
 
 
 def gemm_peak(n: int = 1024, iters: int = 10) -> dict[str, float]:
-    """Best-of float32 GEMM GFLOP/s for n x n matrices (np.dot = NumPy's BLAS;
-    scipy sgemm = the BLAS Numba's np.dot calls; torch.mm if importable)."""
+    """Best-of float32 GEMM GFLOP/s for n x n matrices: np.dot (NumPy's BLAS), Numba's
+    np.dot in an njit loop (SciPy's BLAS), torch.mm if importable."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((n, n), dtype=np.float32)
     B = rng.standard_normal((n, n), dtype=np.float32)
@@ -123,10 +149,11 @@ def gemm_peak(n: int = 1024, iters: int = 10) -> dict[str, float]:
         return flop / min(ts) / 1e9
 
     out["np.dot"] = best(lambda: np.dot(A, B, out=C))
-    try:
-        from scipy.linalg.blas import sgemm
+    try:  # Numba's np.dot inside njit (SciPy's BLAS): what numba-dot and generated code use
+        from benchmarks.ref_numba_dot import gemm_loop
 
-        out["scipy sgemm"] = best(lambda: sgemm(1.0, A, B))
+        gemm_loop(A, B, C, 1)
+        out["numba np.dot"] = best(lambda: gemm_loop(A, B, C, 1))
     except Exception:
         pass
     try:
@@ -157,6 +184,7 @@ class Result:
     rel_eval: float = math.nan
     param_diff: float = math.nan
     ok: bool = True
+    warn: bool = False  # last-step loss differs by more than RTOL (full-data loss agrees)
 
     @property
     def median(self) -> float:
@@ -253,9 +281,10 @@ def check(w: Workload, results: dict[str, Result], impls: dict[str, registry.Imp
             scale = max(float(np.max(np.abs(v))), 1e-12)
             diffs.append(float(np.max(np.abs(np.asarray(r.params[k], np.float64) - v))) / scale)
         r.param_diff = max(diffs)
-        bad_eval = not (r.rel_eval <= RTOL)  # also catches nan
-        bad_loss = impls[name].loss_is_last_batch and not (r.rel_loss <= RTOL)
-        r.ok = not (bad_eval or bad_loss)
+        # pass/fail on the full-data loss of the final parameters (robust); the
+        # last-step minibatch loss is far more sensitive (see README "Agreement")
+        r.ok = r.rel_eval <= w.loss_rtol  # False for nan too
+        r.warn = r.ok and impls[name].loss_is_last_batch and not (r.rel_loss <= w.loss_rtol)
     return ref_name
 
 
@@ -286,18 +315,18 @@ def workload_table(w: Workload, results: dict[str, Result], ref_name: str, peak:
         f"### {w.name}: {w.description}",
         "",
         f"N={w.n_samples}, d={w.n_in}, h={w.n_hidden or '-'}, k={w.n_out}, {w.optimizer} lr={w.lr}, "
-        f"batch={w.batch}, steps={w.steps} ({w.epochs:.3g} epochs)"
+        f"batch={w.batch}, steps={w.steps} ({w.epochs:.3g} epochs), loss check rtol {w.loss_rtol:g}"
         + (f", {flops_per_sample(w)} FLOP/sample, {total_flop / 1e9:.3f} GFLOP per run" if show_gflops else ""),
         "",
         "| implementation | first call (s) | median (s) | min–max (s) | × numba-dot | "
         + ("GFLOP/s | % of GEMM peak | " if show_gflops else "")
-        + "last-step loss | full-data loss | rel. diff | max param diff | check |",
-        "|---|---:|---:|---:|---:|" + ("---:|---:|" if show_gflops else "") + "---:|---:|---:|---:|---|",
+        + "last-step loss | rel. diff | full-data loss (f64) | rel. diff | max param diff | check |",
+        "|---|---:|---:|---:|---:|" + ("---:|---:|" if show_gflops else "") + "---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results.items():
         if r.error:
             lines.append(f"| {name} | — | — | — | — |" + (" — | — |" if show_gflops else "")
-                         + f" — | — | — | — | ERROR: {r.error[:80]} |")
+                         + f" — | — | — | — | — | ERROR: {r.error[:80]} |")
             continue
         med = r.median
         ratio = med / base_med if base_med == base_med and med == med else math.nan
@@ -306,12 +335,12 @@ def workload_table(w: Workload, results: dict[str, Result], ref_name: str, peak:
         if show_gflops:
             gf = total_flop / med / 1e9 if med == med else math.nan
             cells += [f"{gf:.2f}", f"{100 * gf / peak:.1f}%" if peak else "—"]
-        rel = max(x for x in (r.rel_eval, r.rel_loss) if x == x) if (r.rel_eval == r.rel_eval) else math.nan
-        mark = "ref" if name == ref_name else ("ok" if r.ok else "**FAIL**")
+        mark = "ref" if name == ref_name else ("**FAIL**" if not r.ok else "ok, warn" if r.warn else "ok")
         cells += [
             "—" if math.isnan(r.loss) else f"{r.loss:.6g}",
+            "—" if math.isnan(r.rel_loss) else f"{r.rel_loss:.1e}",
             f"{r.eval_loss:.6g}",
-            "—" if math.isnan(rel) else f"{rel:.1e}",
+            "—" if math.isnan(r.rel_eval) else f"{r.rel_eval:.1e}",
             "—" if math.isnan(r.param_diff) else f"{r.param_diff:.1e}",
             mark,
         ]
@@ -335,6 +364,7 @@ def summary_table(all_results: dict[str, dict[str, Result]], impl_names: list[st
             else:
                 ratio = r.median / bm if bm == bm else math.nan
                 tag = "" if r.ok else " **FAIL**"
+                tag += " (warn)" if r.warn else ""
                 cells.append(f"{_fmt_t(r.median)} ({ratio:.2f}×){tag}" if ratio == ratio else f"{_fmt_t(r.median)}{tag}")
         lines.append(f"| {wname} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -356,6 +386,9 @@ def parse_args(argv=None):
     ap.add_argument("--plugin", action="append", default=[],
                     help="module to import after the defaults are registered (it calls registry.register)")
     ap.add_argument("--gemm-size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for every library (BLAS pools, OpenMP, torch, XLA); default: "
+                         "library defaults (= all cores; torch.set_num_threads(os.cpu_count()))")
     ap.add_argument("--pause", type=float, default=0.3,
                     help="idle seconds before every timed call so other libraries' spinning "
                          "BLAS/OpenMP threads go to sleep (default 0.3)")
@@ -370,6 +403,13 @@ def main(argv=None) -> int:
         out = "-" if args.quick else str(_ROOT / "benchmarks" / "RESULTS.md")
 
     registry.register_defaults()
+    if args.threads:
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except Exception:
+            pass
     for mod in args.plugin:
         importlib.import_module(mod)
     wanted = [s.strip() for s in args.impls.split(",") if s.strip()]
@@ -399,17 +439,26 @@ def main(argv=None) -> int:
         results = bench_workload(w, impls, repeats, log, pause=args.pause)
         ref_name = check(w, results, {i.name: i for i in impls})
         for name, r in results.items():
+            if r.warn:
+                log(f"  warn {w.name} {name}: last-step loss {r.loss:.6g} vs {ref_name} "
+                    f"{results[ref_name].loss:.6g} (rel {r.rel_loss:.1e}); full-data loss agrees "
+                    f"(rel {r.rel_eval:.1e})")
             if not r.ok:
                 any_fail = True
                 log(f"  FAIL {w.name} {name}: " + (r.error or
                     f"loss {r.loss:.6g} / full-data {r.eval_loss:.6g} vs {ref_name} "
                     f"{results[ref_name].loss:.6g} / {results[ref_name].eval_loss:.6g} "
-                    f"(rel {r.rel_loss:.1e} / {r.rel_eval:.1e}, tol {RTOL:g})"))
+                    f"(rel {r.rel_loss:.1e} / {r.rel_eval:.1e}, tol {w.loss_rtol:g})"))
         all_results[w.name] = results
         sections += workload_table(w, results, ref_name, peak.get("np.dot", 0.0))
         log("")
         log("\n".join(sections[-(len(results) + 7):]))
     elapsed = time.perf_counter() - t_start
+    try:
+        info["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        pass
+    info["threads"] = str(args.threads) if args.threads else f"library defaults ({os.cpu_count()} cores)"
 
     impl_names = [i.name for i in impl_list if i.available]
     md = [
@@ -419,7 +468,7 @@ def main(argv=None) -> int:
         f"{repeats} interleaved timed rounds per workload after one warm-up/compile call, "
         f"{args.pause:g} s idle before every call; "
         f"times are wall-clock seconds for the whole training run; ratio = median / numba-dot median; "
-        f"loss check tolerance {RTOL:g} relative to the reference; total harness time {elapsed:.0f} s.",
+        f"loss check: full-data loss within {RTOL:g} relative of the reference (per-workload tolerance in each section; W4 5e-3, see README); total harness time {elapsed:.0f} s.",
         "",
         "## Machine",
         "",
@@ -436,7 +485,11 @@ def main(argv=None) -> int:
     md += ["## Summary (median seconds, ratio to numba-dot)", ""]
     md += summary_table(all_results, impl_names)
     md += ["## Per workload", ""] + sections
-    md += ["Overall: " + ("**FAIL** (see the check column)" if any_fail else "all implementations agree"), ""]
+    md += ["Overall: " + ("**FAIL** (see the check column)" if any_fail else
+                          "all implementations agree (full-data loss within the tolerance)"), "",
+           "check: FAIL = full-data loss of the final parameters differs from the reference by more "
+           "than the tolerance; warn = only the last-step (minibatch) loss does (see README, "
+           "\"Agreement\").", ""]
     text = "\n".join(md)
     log("\n" + "\n".join(summary_table(all_results, impl_names)))
     log(f"total harness time {elapsed:.1f} s")

@@ -64,6 +64,10 @@ class Workload:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     noise_std: float = 0.1  # regression target noise
+    # relative tolerance of the harness's full-data-loss agreement check; W4 (Adam,
+    # batch 32, 1875 steps) is not reproducible across float32 summation orders to
+    # 1e-3 (ReLU on/off flips of near-zero pre-activations; see README "Agreement")
+    loss_rtol: float = 1e-3
 
     # ---- derived -------------------------------------------------------
     @property
@@ -124,7 +128,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W4", "MLP 784->128 ReLU->10, CE, Adam b32 (1 epoch)",
                  n_in=784, n_hidden=128, n_out=10, n_samples=60000, loss="ce",
                  optimizer="adam", lr=1e-3, batch_size=32,
-                 steps=_epoch_steps(60000, 32), seed=4),
+                 steps=_epoch_steps(60000, 32), seed=4, loss_rtol=5e-3),
         Workload("W5", "MLP 784->64 ReLU->10, CE, SGD b32 (1 epoch)",
                  n_in=784, n_hidden=64, n_out=10, n_samples=60000, loss="ce",
                  optimizer="sgd", lr=0.01, batch_size=32,
