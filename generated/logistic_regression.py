@@ -32,7 +32,7 @@ accuracy(params, X, Y) -> fraction of correct labels (classifiers; Y labels or o
 loss(params, X, Y) -> float: the batch loss.
 loss_and_grad(params, X, Y) -> (float, Params): one fused forward + backward pass over the batch.
 fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callback=None,
-    state=None, start_epoch=0, **hyper) -> (params, history, state)
+    state=None, start_epoch=0, shuffle=True, **hyper) -> (params, history, state)
     Trains a copy of params (the input is not modified). optimizer is one of OPTIMIZERS:
       gd        θ ← θ − lr·g on the full batch every epoch (batch_size is ignored);
       sgd       θ ← θ − lr·g on shuffled minibatches of batch_size (0: the full batch);
@@ -46,7 +46,8 @@ fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callb
     (g is the minibatch gradient, L2 included; t counts optimizer steps from 1.)
     Defaults of **hyper are HYPER_DEFAULTS. fit(params, X, Y, **TRAIN) runs the spec's recipe.
     Every optimizer except gd shuffles the rows each epoch with epoch_order(n, seed, epoch)
-    when batch_size < n; the last minibatch of an epoch may be smaller.
+    when batch_size < n (shuffle=False: minibatches are consecutive rows in the given order);
+    the last minibatch of an epoch may be smaller.
     history[e] is the mean training loss of epoch e: the mean over its minibatches of their
     losses (weighted by minibatch size), each taken before that minibatch's update step.
     The epoch loop runs compiled; callback(epoch, loss, params, state) is called after every
@@ -316,7 +317,7 @@ def _fit_epochs(w, _b,
                 _m_w, _v_w,
                 _m_b, _v_b,
                 X, Y, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _batch_size, _seed,
-                _epoch0, _epoch1, _t, _history):
+                _shuffle, _epoch0, _epoch1, _t, _history):
     """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count."""
     _n = X.shape[0]
     _full = _opt == 0 or _batch_size <= 0 or _batch_size >= _n
@@ -337,7 +338,7 @@ def _fit_epochs(w, _b,
     _flat_m_b = _m_b.reshape(_m_b.size)
     _flat_v_b = _v_b.reshape(_v_b.size)
     for _epoch in range(_epoch0, _epoch1):
-        if not _full:
+        if _shuffle and not _full:
             _order = _epoch_order(_n, _seed, _epoch)
         _total = 0.0
         _start = 0
@@ -466,7 +467,7 @@ def loss_and_grad(params, X, Y):
 
 
 def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callback=None,
-        state=None, start_epoch=0, **hyper):
+        state=None, start_epoch=0, shuffle=True, **hyper):
     """Train; returns (params, history, state). See the module docstring for the details."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -492,7 +493,7 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
     code = OPTIMIZERS.index(optimizer)
     options = (code, float(lr), float(h["momentum"]), float(h["beta1"]), float(h["beta2"]),
                float(h["eps"]), float(h["rho"]), float(h["weight_decay"]), int(batch_size),
-               int(seed))
+               int(seed), bool(shuffle))
     history = np.zeros(int(epochs), np.float64)
 
     def current_state(copy=False):
