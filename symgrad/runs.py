@@ -90,6 +90,10 @@ DEFAULT_VAL_SPLIT = 0.1
 DEFAULT_TEST_SPLIT = 0.25
 """Fraction held out for the final test report when the data has no test set of its own."""
 DTYPES = ("float32", "float64")
+CHECKPOINT_SECONDS = 5.0
+"""Without --checkpoint-every, a checkpoint is saved after the first epoch that ends this many
+seconds after the last save (and after the last epoch): a crash loses at most that much work, and
+fast epochs are not slowed by a synced write each."""
 DEMO_SPEC = "digits_mlp.toml"
 
 ProgressFn = Callable[["Progress"], None]
@@ -131,7 +135,7 @@ class TrainOptions:
     test_split: float = DEFAULT_TEST_SPLIT
     patience: int | None = None
     standardize: bool = False
-    checkpoint_every: int = 1
+    checkpoint_every: int | None = None  # None: every CHECKPOINT_SECONDS of training
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -256,7 +260,7 @@ def resolve_options(spec: Any, *, optimizer: str | None = None, lr: float | None
                     seed: int | None = None, dtype: str = "float64",
                     val_split: float = DEFAULT_VAL_SPLIT, test_split: float = DEFAULT_TEST_SPLIT,
                     patience: int | None = None, standardize: bool = False,
-                    checkpoint_every: int = 1) -> TrainOptions:
+                    checkpoint_every: int | None = None) -> TrainOptions:
     """The spec's ``[train]`` values, each replaced by the caller's when given (not None).
 
     Raises ValueError naming the option for an invalid value.
@@ -282,7 +286,8 @@ def resolve_options(spec: Any, *, optimizer: str | None = None, lr: float | None
         test_split=_fraction(test_split, "test_split"),
         patience=None if patience is None else _int_at_least(patience, 1, "patience"),
         standardize=bool(standardize),
-        checkpoint_every=_int_at_least(checkpoint_every, 1, "checkpoint_every"),
+        checkpoint_every=None if checkpoint_every is None else _int_at_least(
+            checkpoint_every, 1, "checkpoint_every"),
     )
 
 
@@ -690,9 +695,11 @@ class _RunState:
     wait: int = 0
     status: str = "completed"
     message: str = ""
-    last_good: dict[str, np.ndarray] | None = None
+    last_good: dict[str, np.ndarray] | None = None  # parameters of the last finite epoch
+    last_good_state: tuple[Any, dict[str, np.ndarray]] = ({"kind": "none"}, {})  # its optimizer
     last_good_epoch: int = 0
     last_saved_epoch: int | None = None
+    last_save_time: float = 0.0
     last_step: int = 0  # optimizer steps taken before the current epoch
 
 
@@ -703,7 +710,7 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
           seed: int | None = None, dtype: str = "float64",
           out: str | os.PathLike[str] | None = None,
           resume: str | os.PathLike[str] | None = None, patience: int | None = None,
-          standardize: bool = False, checkpoint_every: int = 1,
+          standardize: bool = False, checkpoint_every: int | None = None,
           max_bytes: int = DEFAULT_MAX_BYTES, cache_dir: str | os.PathLike[str] | None = None,
           progress: ProgressFn | None = None, module: Any = None) -> TrainResult:
     """Train the model of ``spec_or_path`` on ``data``; the library behind ``symgrad train``.
@@ -814,35 +821,42 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
                      if X_va is None or k not in ("train_accuracy", "train_r2")}
             run.history = [_record(0, first, 0.0)]
         run.last_good = _params_dict(params)
+        run.last_good_state = _flatten_state(state)
         run.last_good_epoch = start_epoch
 
         monitor = "val_loss" if X_va is not None else "train_loss"
         steps_per_epoch = _steps_per_epoch(len(X_tr), options.batch_size, options.optimizer)
         run.last_step = _step_count(state, start_epoch * steps_per_epoch)
 
-        def save_checkpoint_now(epoch: int, current: Any, opt_state: Any) -> None:
+        def save_checkpoint_now() -> None:
+            """Save the last good epoch: parameters, optimizer state, history, early stopping."""
             if out_dir is None:
                 return
-            tree, state_arrays = _flatten_state(opt_state)
-            arrays = {**_params_dict(current), **state_arrays}
+            epoch = run.last_good_epoch
+            tree, state_arrays = run.last_good_state
+            arrays = {**(run.last_good or {}), **state_arrays}
             if run.best_params is not None:
                 arrays.update({f"best.{k}": v for k, v in run.best_params.items()})
+            history = [h for h in run.history if h["epoch"] <= epoch]
             extra = {
                 "state": tree,
-                "history": run.history,
+                "history": history,
                 "options": options.to_dict(),
                 "data": _data_fingerprint(prepared, options),
                 "early_stopping": {"best": None if not math.isfinite(run.best_monitor)
                                    else run.best_monitor, "best_epoch": run.best_epoch,
                                    "wait": run.wait, "monitor": monitor},
             }
-            save_checkpoint(out_dir / "checkpoint.npz", arrays, spec_hash=spec.digest, epoch=epoch,
-                            history=[h["train_loss"] for h in run.history], extra=_json_safe(extra))
+            save_checkpoint(out_dir / "checkpoint.npz", arrays, spec_hash=spec.digest,
+                            epoch=epoch, history=[h["train_loss"] for h in history],
+                            extra=_json_safe(extra))
             run.last_saved_epoch = epoch
+            run.last_save_time = time.perf_counter()
 
         # a checkpoint of the starting point: there is always a last good one to go back to
-        if checkpoint is None and out_dir is not None:
-            save_checkpoint_now(0, params, None)
+        if checkpoint is None:
+            save_checkpoint_now()
+        run.last_save_time = time.perf_counter()
     except BaseException:
         # an error before training: leave no empty output folder behind
         if created and out_dir is not None:
@@ -879,6 +893,8 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
             where = (f"step {step}" if step == first_step
                      else f"steps {first_step}-{step}")
             run.status = "diverged"
+            if run.last_saved_epoch != run.last_good_epoch:
+                save_checkpoint_now()  # the last good epoch, not the diverged one
             run.message = (
                 f"training diverged in epoch {done} ({where}): the loss became "
                 f"{_fmt(float(loss))}; the last finite loss was {_fmt(last)} at epoch "
@@ -888,6 +904,7 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
                           metrics=metrics))
             return False
         run.last_good = _params_dict(current)
+        run.last_good_state = _flatten_state(opt_state)
         run.last_good_epoch = done
         stop = False
         if options.patience is not None:
@@ -903,8 +920,11 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
                     run.message = (f"early stopping after epoch {done}: {monitor} has not "
                                    f"improved for {options.patience} epochs; keeping epoch "
                                    f"{run.best_epoch} ({monitor} {_fmt(run.best_monitor)})")
-        if done % options.checkpoint_every == 0 or stop or done == options.epochs:
-            save_checkpoint_now(done, current, opt_state)
+        every = options.checkpoint_every
+        due = (done % every == 0) if every is not None else \
+            time.perf_counter() - run.last_save_time >= CHECKPOINT_SECONDS
+        if due or stop or done == options.epochs:
+            save_checkpoint_now()
         emit(Progress("epoch", epoch=done, epochs=options.epochs, metrics=metrics))
         if stop:
             emit(Progress("stopped", run.message, epoch=done, epochs=options.epochs,
@@ -1353,8 +1373,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", type=Path, metavar="CHECKPOINT",
                    help="continue from a checkpoint.npz of an earlier run of the same spec")
     g.add_argument("--checkpoint-every",
-                   type=_arg(lambda s: _int_at_least(s, 1, "--checkpoint-every")), default=1,
-                   metavar="K", help="save checkpoint.npz every K epochs (default 1)")
+                   type=_arg(lambda s: _int_at_least(s, 1, "--checkpoint-every")),
+                   metavar="K", help=f"save checkpoint.npz every K epochs (default: after the "
+                                     f"first epoch {CHECKPOINT_SECONDS:g} s after the last save, "
+                                     f"and at the end; always the last good epoch)")
     g.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="where generated modules are kept (default $SYMGRAD_CACHE_DIR or "
                         "~/.cache/symgrad)")
