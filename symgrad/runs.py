@@ -895,9 +895,16 @@ def train(spec_or_path: Any, data: Any, *, target: str | None = None, x_key: str
             run.status = "diverged"
             if run.last_saved_epoch != run.last_good_epoch:
                 save_checkpoint_now()  # the last good epoch, not the diverged one
+            if not math.isfinite(float(loss)):
+                what = f"the training loss became {_fmt(float(loss))}"
+            elif not _finite_params(current):
+                what = "the parameters became non-finite"
+            else:
+                what = (f"the validation loss became {_fmt(metrics.get('val_loss'))} "
+                        f"(training loss {_fmt(float(loss))})")
             run.message = (
-                f"training diverged in epoch {done} ({where}): the loss became "
-                f"{_fmt(float(loss))}; the last finite loss was {_fmt(last)} at epoch "
+                f"training diverged in epoch {done} ({where}): {what}; the last finite "
+                f"training loss was {_fmt(last)} at epoch "
                 f"{run.last_good_epoch}; lower the learning rate (now {options.lr:g}), e.g. "
                 f"--lr {options.lr / 10:g}")
             emit(Progress("stopped", run.message, epoch=done, epochs=options.epochs,

@@ -304,7 +304,7 @@ def test_divergent_learning_rate_stops_at_once_and_keeps_the_last_good_checkpoin
     result = symgrad("train", spec_path, "--data", "diabetes", "--standardize", "--lr", "1e3",
                      "--epochs", "1000", "--out", out, env=env, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    assert "lower the learning rate" in result.stderr and "last finite loss" in result.stderr
+    assert "lower the learning rate" in result.stderr and "last finite training loss" in result.stderr
     assert "Traceback" not in result.stderr
     history = json.loads((out / "history.json").read_text())
     finite = [h["train_loss"] is not None and h["val_loss"] is not None for h in history]

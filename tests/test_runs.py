@@ -408,7 +408,8 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     result = runs.train(d, regression_data(), epochs=5, out=tmp_path, module=fake)
     assert result.status == "diverged" and not result.ok
     assert result.epochs_run == 2 and result.params["w"][0] == 4.0
-    assert "epoch 3" in result.message and "last finite loss was 4" in result.message
+    assert "epoch 3" in result.message and "the training loss became nan" in result.message
+    assert "last finite training loss was 4" in result.message
     assert "lower the learning rate" in result.message and "(step 3)" in result.message
     arrays, meta = load_npz_safe(tmp_path / "checkpoint.npz")
     assert meta["epoch"] == 2 and arrays["w"][0] == 4.0
