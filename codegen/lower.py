@@ -205,15 +205,14 @@ class _Lowerer:
         name = step.name
         shape = param.shape if param.shape else (1,)
         if body == 0:
-            lines = [f"{name} = np.zeros({shape!r}, X.dtype)"]
+            mean = f"np.zeros({shape!r}, X.dtype)"
         else:
-            total = printer.batch_sum(body)
+            mean = printer.batch_mean(body)
             if not param.shape:
-                total = f"np.full(1, {total})"
-            lines = [f"{name} = {total}", f"{name} *= inv_n"]
+                mean = f"np.full(1, {mean})"
         if step.of in self.d.l2_params:
-            lines.append(f"{name} += _F({self.d.spec.l2!r})*{step.of}")
-        return lines
+            mean = f"{mean} + _F({self.d.spec.l2!r})*{step.of}"
+        return [f"{name} = {mean}"]
 
 
 def _init(p, fan_in: int, fan_out: int) -> tuple[str, str]:

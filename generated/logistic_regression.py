@@ -60,6 +60,7 @@ epoch_order(n, seed, epoch) -> the row permutation used in that epoch (a splitmi
 """
 
 import collections
+import math
 
 import numpy as np
 from numba import njit
@@ -143,11 +144,9 @@ def _loss_grad(w, _b, X, Y):
     # (3) δ_z = −y + σ(z)
     delta_z = -y + (1/(1 + np.exp(-z)))
     # (4) ∂L/∂w = δ_z·x   (mean over the batch)
-    grad_w = np.sum(delta_z*x, axis=0)
-    grad_w *= inv_n
+    grad_w = np.sum(delta_z*x, axis=0)*inv_n
     # (5) ∂L/∂b = δ_z   (mean over the batch)
-    grad_b = np.full(1, np.sum(delta_z))
-    grad_b *= inv_n
+    grad_b = np.full(1, np.sum(delta_z)*inv_n)
     _batch_loss = np.sum(loss)*inv_n
     return _batch_loss, (grad_w, grad_b)
 
@@ -271,33 +270,44 @@ epoch_order = _epoch_order
 
 @njit(cache=True)
 def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
-    """One optimizer step on one flattened parameter, in place (see fit for the equations)."""
+    """One optimizer step on one flattened parameter, in place (see fit for the equations).
+
+    Arithmetic runs in the parameters' dtype (so float32 loops vectorize). Adam uses the
+    equivalent form of Kingma & Ba's §2: θ ← θ − lr_t·m/(√v + ε̂) with lr_t = lr·√(1 − β2ᵗ)/(1 − β1ᵗ)
+    and ε̂ = ε·√(1 − β2ᵗ).
+    """
+    T = pf.dtype.type
     gf = g.reshape(g.size)
+    one = T(1)
     if opt <= 1:  # gd, sgd
+        a = T(lr)
         for i in range(pf.size):
-            pf[i] = pf[i] - lr * gf[i]
+            pf[i] -= a * gf[i]
     elif opt == 2:  # momentum
+        a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = mu * mf[i] + gf[i]
-            pf[i] = pf[i] - lr * mf[i]
+            mf[i] = m_ * mf[i] + gf[i]
+            pf[i] -= a * mf[i]
     elif opt == 3:  # nesterov
+        a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = mu * mf[i] + gf[i]
-            pf[i] = pf[i] - lr * (gf[i] + mu * mf[i])
+            mf[i] = m_ * mf[i] + gf[i]
+            pf[i] -= a * (gf[i] + m_ * mf[i])
     elif opt == 4:  # rmsprop
+        a, r, e = T(lr), T(rho), T(eps)
         for i in range(pf.size):
-            vf[i] = rho * vf[i] + (1.0 - rho) * gf[i] * gf[i]
-            pf[i] = pf[i] - lr * gf[i] / (np.sqrt(vf[i]) + eps)
+            vf[i] = r * vf[i] + (one - r) * gf[i] * gf[i]
+            pf[i] -= a * gf[i] / (np.sqrt(vf[i]) + e)
     else:  # adam, adamw
-        c1 = 1.0 - beta1 ** t
-        c2 = 1.0 - beta2 ** t
-        decay = wd if opt == 6 else 0.0
+        c2 = math.sqrt(1.0 - beta2 ** t)
+        a = T(lr * c2 / (1.0 - beta1 ** t))
+        e = T(eps * c2)
+        b1, b2 = T(beta1), T(beta2)
+        d = T(lr * wd) if opt == 6 else T(0)
         for i in range(pf.size):
-            mf[i] = beta1 * mf[i] + (1.0 - beta1) * gf[i]
-            vf[i] = beta2 * vf[i] + (1.0 - beta2) * gf[i] * gf[i]
-            mhat = mf[i] / c1
-            vhat = vf[i] / c2
-            pf[i] = pf[i] - lr * (mhat / (np.sqrt(vhat) + eps) + decay * pf[i])
+            mf[i] = b1 * mf[i] + (one - b1) * gf[i]
+            vf[i] = b2 * vf[i] + (one - b2) * gf[i] * gf[i]
+            pf[i] -= a * mf[i] / (np.sqrt(vf[i]) + e) + d * pf[i]
 
 
 @njit(cache=True)
