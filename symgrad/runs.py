@@ -369,7 +369,7 @@ def targets_for_spec(d: Any, X: np.ndarray, y: np.ndarray, source: str) -> np.nd
 def prepare_data(d: Any, data: Any, options: TrainOptions, *, target: str | None = None,
                  x_key: str | None = None, y_key: str | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> PreparedData:
-    """Load ``data`` (a source name or path, a Dataset, or a tuple of arrays), check and split it."""
+    """Load ``data`` (a name or path, a Dataset, or a tuple of arrays), check and split it."""
     if isinstance(data, Dataset):
         dataset = data
     elif isinstance(data, (str, os.PathLike)):

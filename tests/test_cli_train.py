@@ -1,11 +1,12 @@
 """`symgrad train` and `symgrad demo` end to end: the installed command in a subprocess.
 
-The accuracy targets of issue 5 (digits ≥ 97 %, iris ≥ 93 %, breast cancer ≥ 95 %, diabetes R²
-within 0.01 of least squares), and every bad input giving one clear error with exit code 2 and
+The accuracy targets of issue 5 (digits ≥ 97 %, iris ≥ 93 %, breast cancer ≥ 95 %, diabetes
+R² within 0.01 of least squares), and every bad input giving one clear error with exit code 2 and
 no change to existing outputs (RELIABILITY_CASES D.26, D.27, E.28, E.32–34, F.36, F.39).
 
-Generated modules are cached in pytest's cache folder (``.pytest_cache/d/symgrad-modules``), so
-Numba compiles each spec once, not once per test or per session.
+Generated modules are kept in pytest's cache folder (``.pytest_cache/d/symgrad-modules``) and
+Numba's compiled code in the session's NUMBA_CACHE_DIR (conftest.py), so each spec is generated
+and verified once and compiled once per session, not once per test.
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ def iris_csv(folder: Path, labels: list[str], value: str = "1.0") -> Path:
 @pytest.mark.parametrize("case", ["missing_file", "unknown_dataset", "feature_count",
                                   "label_out_of_range", "label_not_integer", "nan",
                                   "pickled_npz"])
+@pytest.mark.reliability("E28")
+@pytest.mark.reliability("E29")
+@pytest.mark.reliability("E32")
+@pytest.mark.reliability("E33")
+@pytest.mark.reliability("E34")
 def test_bad_data_is_one_clear_error_and_changes_nothing(case, tmp_path, previous_run, env):
     spec = write_spec(tmp_path, IRIS_SOFTMAX, "iris_softmax")
     sentinel = tmp_path / "PWNED"
@@ -185,6 +191,7 @@ def test_bad_data_is_one_clear_error_and_changes_nothing(case, tmp_path, previou
     assert not sentinel.exists()
 
 
+@pytest.mark.reliability("F36")
 def test_unwritable_output_fails_before_training(tmp_path, env):
     spec = write_spec(tmp_path, IRIS_SOFTMAX, "iris_softmax")
     blocker = tmp_path / "a_file"
@@ -206,6 +213,7 @@ def test_unwritable_output_fails_before_training(tmp_path, env):
             locked.chmod(0o700)
 
 
+@pytest.mark.reliability("F39")
 def test_resume_from_another_spec_is_refused(tmp_path, previous_run, env):
     from symbolic import load_spec
     from symgrad.fileio import save_checkpoint
@@ -295,6 +303,7 @@ def test_diabetes_linear_regression_matches_least_squares(tmp_path, env):
     assert abs(r2 - best) <= 0.01, (r2, best)
 
 
+@pytest.mark.reliability("D26")
 def test_divergent_learning_rate_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path,
                                                                                   env):
     from symgrad.fileio import load_npz_safe
@@ -304,7 +313,8 @@ def test_divergent_learning_rate_stops_at_once_and_keeps_the_last_good_checkpoin
     result = symgrad("train", spec_path, "--data", "diabetes", "--standardize", "--lr", "1e3",
                      "--epochs", "1000", "--out", out, env=env, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    assert "lower the learning rate" in result.stderr and "last finite training loss" in result.stderr
+    assert "lower the learning rate" in result.stderr
+    assert "last finite training loss" in result.stderr
     assert "Traceback" not in result.stderr
     history = json.loads((out / "history.json").read_text())
     finite = [h["train_loss"] is not None and h["val_loss"] is not None for h in history]
@@ -316,6 +326,7 @@ def test_divergent_learning_rate_stops_at_once_and_keeps_the_last_good_checkpoin
     assert report_of(out)["status"] == "diverged"
 
 
+@pytest.mark.reliability("F39")
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, env):
     spec = write_spec(tmp_path, IRIS_SOFTMAX, "iris_softmax")
     common = ["--data", "iris", "--quiet"]
@@ -335,6 +346,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, env):
         strip(json.loads((tmp_path / "parts" / "history.json").read_text()))
 
 
+@pytest.mark.reliability("D27")
 def test_data_outside_a_formula_domain_names_the_sample(tmp_path, env):
     spec = write_spec(tmp_path, LOG_FIT, "log_fit")
     data = tmp_path / "t.csv"

@@ -95,7 +95,8 @@ class StandIn:
                         state["v"][i] = b2 * state["v"][i] + (1 - b2) * g * g
                         mh = state["m"][i] / (1 - b1 ** state["step"])
                         vh = state["v"][i] / (1 - b2 ** state["step"])
-                        new.append((p - lr * mh / (np.sqrt(vh) + eps)).astype(p.dtype).reshape(p.shape))
+                        step = lr * mh / (np.sqrt(vh) + eps)
+                        new.append((p - step).astype(p.dtype).reshape(p.shape))
                     else:
                         new.append((p - lr * g).astype(p.dtype).reshape(p.shape))
                 params = self.Params(*new)
@@ -250,6 +251,7 @@ def test_labels_become_one_hot_for_a_vector_softmax_target():
     ([0, -1, 2, 1], "sample 1 has label -1"),
     ([0, 1, 2.5, 1], "sample 2 has label 2.5, which is not an integer"),
 ])
+@pytest.mark.reliability("E33")
 def test_bad_classifier_labels_name_the_sample(iris_d, labels, match):
     X = np.zeros((4, 4))
     with pytest.raises(DataError, match=match):
@@ -258,6 +260,7 @@ def test_bad_classifier_labels_name_the_sample(iris_d, labels, match):
                                                                                 val_split=0))
 
 
+@pytest.mark.reliability("E33")
 def test_binary_labels_must_be_zero_or_one():
     spec = Spec.build(name="logreg", inputs={"x": 2}, targets={"y": 1},
                       params={"w": {"shape": [2]}, "b": {}}, model={"z": "w @ x + b"},
@@ -268,11 +271,13 @@ def test_binary_labels_must_be_zero_or_one():
         runs.prepare_data(d, (np.zeros((3, 2)), np.array([0, 2, 1])), opts)
 
 
+@pytest.mark.reliability("E34")
 def test_feature_count_mismatch_names_both_sides(iris_d):
     with pytest.raises(DataError, match="64 features.*expects 4"):
         runs.prepare_data(iris_d, "digits", runs.resolve_options(iris_d.spec))
 
 
+@pytest.mark.reliability("E32")
 def test_nan_in_array_data_is_refused(iris_d):
     X = np.zeros((5, 4))
     X[3, 2] = np.nan
@@ -336,6 +341,7 @@ def test_api_without_out_writes_nothing(tmp_path, iris_d, iris_module, monkeypat
     assert result.paths == {} and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.reliability("F39")
 def test_resume_continues_bit_for_bit(tmp_path, iris_d, iris_module):
     straight = runs.train(iris_d, "iris", epochs=4, out=tmp_path / "a", module=iris_module)
     runs.train(iris_d, "iris", epochs=2, out=tmp_path / "b", module=iris_module)
@@ -348,6 +354,7 @@ def test_resume_continues_bit_for_bit(tmp_path, iris_d, iris_module):
     assert resumed.report["resumed_from"].endswith("checkpoint.npz")
 
 
+@pytest.mark.reliability("F39")
 def test_resume_refuses_another_spec(tmp_path, iris_d, iris_module):
     runs.train(iris_d, "iris", epochs=1, out=tmp_path / "a", module=iris_module)
     other = derive(softmax_iris(lr=0.01))
@@ -368,6 +375,7 @@ def test_resume_refuses_other_data_options(tmp_path, iris_d, iris_module):
                    resume=tmp_path / "a" / "checkpoint.npz")
 
 
+@pytest.mark.reliability("F36")
 def test_unwritable_output_fails_before_training(tmp_path, iris_d):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -402,6 +410,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
 # ---------------------------------------------------------------------------- divergence
 
 
+@pytest.mark.reliability("D26")
 def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     d = derive(linreg())
     fake = Scripted([5.0, 4.0, math.nan, 1.0, 1.0])
@@ -415,6 +424,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     assert meta["epoch"] == 2 and arrays["w"][0] == 4.0
 
 
+@pytest.mark.reliability("D26")
 def test_divergence_with_a_real_optimizer_step(tmp_path):
     d = derive(linreg())
     X, y = regression_data(features=3)
@@ -430,6 +440,7 @@ def test_divergence_with_a_real_optimizer_step(tmp_path):
 # ---------------------------------------------------------------------------- domain errors
 
 
+@pytest.mark.reliability("D27")
 def test_data_outside_a_formula_domain_names_sample_and_formula():
     spec = Spec.build(name="logfit", inputs={"t": 1}, targets={"y": 1},
                       params={"a": {"init": 1.0}, "c": {}},
