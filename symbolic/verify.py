@@ -13,10 +13,11 @@ import math
 from typing import Callable
 
 import numpy as np
+import sympy as sp
 
 from .check import CheckReport, check_gradients, near_kink, random_point, replace_zero_tensors
 from .derive import Derivation
-from .evaluate import Reference
+from .evaluate import DomainError, Reference
 
 Params = dict[str, np.ndarray]
 Batch = tuple[np.ndarray, np.ndarray]
@@ -28,11 +29,27 @@ BURN_IN_STEPS = 5
 MAX_REDRAWS = 20
 
 
+def needs_positive_inputs(d: Derivation) -> bool:
+    """True when a forward formula has a log, a square root or a fractional power."""
+    for step in d.forward:
+        for node in sp.preorder_traversal(step.expr):
+            if isinstance(node, sp.log) or (node.is_Pow and not node.exp.is_integer):
+                return True
+    return False
+
+
 def check_data(d: Derivation, seed: int = 0, n: int = SAMPLES) -> Batch:
-    """A small synthetic batch for the spec: standard normal inputs, targets of ≥ 2 classes."""
+    """A small synthetic batch for the spec, targets of ≥ 2 classes.
+
+    Inputs are standard normal, or uniform in [0.5, 2] when a formula has a log, a square root
+    or a fractional power (so random inputs stay inside its domain).
+    """
     spec = d.spec
     rng = np.random.default_rng([seed, 7])
-    X = rng.normal(size=(n, *spec.input_shape))
+    if needs_positive_inputs(d):
+        X = rng.uniform(0.5, 2.0, size=(n, *spec.input_shape))
+    else:
+        X = rng.normal(size=(n, *spec.input_shape))
     if spec.classes:
         Y = np.arange(n) % spec.classes
         return X, Y
@@ -74,7 +91,21 @@ def init_point(d: Derivation, seed: int) -> Params:
 
 def verify(d: Derivation, loss: LossFn, loss_and_grad: LossGradFn, *,
            data: Batch | None = None, seed: int = 0) -> CheckReport:
-    """Check ``loss_and_grad`` against finite differences of ``loss`` (float64) for spec ``d``."""
+    """Check ``loss_and_grad`` against finite differences of ``loss`` (float64) for spec ``d``.
+
+    Raises DomainError when the loss is not finite at the check points.
+    """
+    try:
+        return _verify(d, loss, loss_and_grad, data, seed)
+    except (ValueError, DomainError) as exc:
+        raise DomainError(f"{d.spec.source or d.spec.name}: cannot check the gradients: {exc} "
+                          f"(a formula leaves its domain or overflows at random parameters and "
+                          f"check inputs); keep logs and square roots of positive quantities, "
+                          f"e.g. log(1 + square(u)) or softplus") from None
+
+
+def _verify(d: Derivation, loss: LossFn, loss_and_grad: LossGradFn, data: Batch | None,
+            seed: int) -> CheckReport:
     X, Y = check_data(d, seed) if data is None else data
     X = np.asarray(X, dtype=np.float64)
     ref = Reference(d)

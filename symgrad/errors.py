@@ -17,12 +17,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [SpecError, DomainError, DataError, OutputError,
                                          CheckpointError, FileFormatError, DocumentError,
                                          GraphError]
-    try:
-        from codegen import CodegenError
-    except ImportError:
-        pass
-    else:
-        found.append(CodegenError)
+    from codegen import CodegenError, VerificationError
+
+    found += [CodegenError, VerificationError]
     return tuple(found)
 
 
