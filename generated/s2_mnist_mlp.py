@@ -52,7 +52,8 @@ fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callb
     the last minibatch of an epoch may be smaller.
     history[e] is the mean training loss of epoch e: the mean over its minibatches of their
     losses (weighted by minibatch size), each taken before that minibatch's update step.
-    The epoch loop runs compiled; callback(epoch, loss, params, state) is called after every
+    The epoch loop runs compiled (every hot path is @njit(cache=True) with IEEE float semantics,
+    error_model="numpy": no zero-division checks inside loops); callback(epoch, loss, params, state) is called after every
     epoch (returning False stops training) and costs nothing when it is None.
     state = {"optimizer", "step", "m", "v"} holds the optimizer's moments and step count: pass
     the returned state and start_epoch=<epochs done> to resume; the result equals the
@@ -108,7 +109,7 @@ def init_params(seed=0, dtype=np.float64):
 # --------------------------------------------------------------------------- the model
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _forward(W1, b1, W2, b2, X):
     _F = X.dtype.type
     n = X.shape[0]
@@ -123,7 +124,7 @@ def _forward(W1, b1, W2, b2, X):
     return z
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss(W1, b1, W2, b2, X, Y):
     _F = X.dtype.type
     n = X.shape[0]
@@ -141,7 +142,7 @@ def _loss(W1, b1, W2, b2, X, Y):
     return np.sum(loss)*inv_n
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss_grad(W1, b1, W2, b2, X, Y):
     _F = X.dtype.type
     n = X.shape[0]
@@ -178,13 +179,13 @@ def _loss_grad(W1, b1, W2, b2, X, Y):
 # ---------------------------------------------------------------------------- helpers
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _col(v):
     """A (B,) vector as a (B, 1) column: per-sample scalars are columns."""
     return v.reshape((v.shape[0], 1))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rowsum(u):
     """Σ_j u_ij for every row i, as a (B, 1) column."""
     out = np.zeros((u.shape[0], 1), u.dtype)
@@ -196,13 +197,13 @@ def _rowsum(u):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rowdot(a, b):
     """a_i · b_i for every row i, as a (B, 1) column."""
     return _rowsum(a * b)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _logsumexp(z):
     """log Σ_j e^{z_ij} for every row, stable: m + log Σ e^{z − m} with m the row maximum."""
     out = np.empty((z.shape[0], 1), z.dtype)
@@ -217,26 +218,26 @@ def _logsumexp(z):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _logsumexp1(z):
     """log Σ_j e^{z_j} of one vector, stable."""
     m = np.max(z)
     return m + np.log(np.sum(np.exp(z - m)))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softmax(z):
     """Row-wise softmax, stable."""
     return np.exp(z - _logsumexp(z))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softmax1(z):
     """Softmax of one vector, stable."""
     return np.exp(z - _logsumexp1(z))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pick(z, y):
     """z[i, y_i] for every row i (y integer labels), as a (B, 1) column."""
     out = np.empty((z.shape[0], 1), z.dtype)
@@ -245,7 +246,7 @@ def _pick(z, y):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _onehot(y, c, like):
     """The (B, c) one-hot rows of integer labels y, in the dtype of the array ``like``."""
     out = np.zeros((y.shape[0], c), like.dtype)
@@ -254,13 +255,13 @@ def _onehot(y, c, like):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _spread(s, k):
     """A (B, 1) column of per-sample scalars spread to (B, k)."""
     return s + np.zeros((1, k), s.dtype)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sumsq(a):
     """Σ a² over every entry."""
     flat = a.reshape(a.size)
@@ -273,7 +274,7 @@ def _sumsq(a):
 # ------------------------------------------------------------------------- training
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _epoch_order(n, seed, epoch):
     """The permutation of range(n) for one epoch: Fisher-Yates driven by splitmix64(seed, epoch)."""
     state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch)
@@ -292,7 +293,7 @@ def _epoch_order(n, seed, epoch):
 epoch_order = _epoch_order
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
     """One optimizer step on one flattened parameter, in place (see fit for the equations).
 
@@ -334,7 +335,7 @@ def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
             pf[i] -= a * mf[i] / (np.sqrt(vf[i]) + e) + d * pf[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _gather(src, order, start, out):
     """Rows order[start:start + len(out)] of src (1-D or 2-D), copied into the buffer out."""
     cols = src.size // max(src.shape[0], 1)
@@ -346,7 +347,7 @@ def _gather(src, order, start, out):
             flat_out[k, j] = flat_src[row, j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _fit_epochs(W1, b1, W2, b2,
                 _m_W1, _v_W1,
                 _m_b1, _v_b1,
