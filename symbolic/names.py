@@ -2,6 +2,8 @@
 
 A name must be an ASCII Python identifier (so no look-alike letters), not a keyword, not a
 builtin, not a module the generated code imports, and not a name the generated code uses itself.
+A model name is also a file and module name: :func:`module_name_problem` further keeps it off the
+standard library's and symgrad's dependencies' module names.
 """
 
 from __future__ import annotations
@@ -9,19 +11,29 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
+import sys
 import unicodedata
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 # Names the generated module and its templates define or import; a spec may not shadow them.
 RESERVED = frozenset({
-    "np", "numpy", "numba", "math", "njit", "prange", "literal_unroll", "Params", "params",
-    "grads", "X", "Y", "n", "loss", "loss_and_grad", "forward", "predict", "accuracy", "fit",
-    "init_params", "history", "state", "step", "epoch", "lr", "rng", "seed", "batch", "idx",
+    "np", "numpy", "numba", "math", "collections", "njit", "prange", "literal_unroll", "Params",
+    "params", "grads", "X", "Y", "n", "loss", "loss_and_grad", "forward", "predict", "accuracy",
+    "fit", "init_params", "history", "state", "step", "epoch", "lr", "rng", "seed", "batch", "idx",
     "dtype", "callback", "optimizer", "hyper", "inv_n", "sum", "abs", "min", "max",
 })
 
 MAX_NAME_LENGTH = 40
+
+# Top-level packages symgrad runs with; a generated module is imported under its model name, so
+# that name must not be one of these (nor a standard-library module): it would replace the real
+# module in sys.modules.
+DEPENDENCIES = frozenset({
+    "numpy", "numba", "llvmlite", "scipy", "sympy", "mpmath", "jinja2", "markupsafe", "sklearn",
+    "matplotlib", "tqdm", "symbolic", "codegen", "symgrad", "pytest", "hypothesis", "lark",
+    "torch", "jax",
+})
 
 
 def name_problem(name: str) -> str | None:
@@ -44,4 +56,20 @@ def name_problem(name: str) -> str | None:
         return f"{name!r} is used by the generated code"
     if hasattr(builtins, name):
         return f"{name!r} is a Python builtin"
+    return None
+
+
+def module_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a generated module's name (its file stem), or None when it can.
+
+    On top of :func:`name_problem`: not a standard-library module and not a package symgrad
+    depends on, because ``codegen.load_module`` imports ``<name>.py`` as module ``name``.
+    """
+    problem = name_problem(name)
+    if problem is not None:
+        return problem
+    if name in sys.stdlib_module_names or name in DEPENDENCIES:
+        kind = "standard-library" if name in sys.stdlib_module_names else "dependency"
+        return (f"{name!r} is the name of a {kind} module; the generated {name}.py, imported "
+                f"as `{name}`, would shadow it")
     return None
