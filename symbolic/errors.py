@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character (``\\n``, ``\\r``, U+2028, U+202E, ...) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 class SpecError(ValueError):
     """A spec that cannot be used, with where it is wrong and how to fix it.
 
-    ``str(err)`` is one line: ``FILE:LINE: FIELD: what is wrong; how to fix it``.
+    ``str(err)`` is one line: ``FILE:LINE: FIELD: what is wrong; how to fix it``. Characters
+    that would break or disguise that line (line breaks, other control characters, bidi
+    controls), wherever they come from (a path, a key, a quoted value), are shown escaped.
     """
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
@@ -32,7 +41,7 @@ class SpecError(ValueError):
         text = ": ".join(parts) + ": " + self.message
         if self.hint:
             text += f"; {self.hint}"
-        return text
+        return one_line(text)
 
     def located(self, *, source: str | None = None, field: str | None = None,
                 line: int | None = None) -> "SpecError":

@@ -24,11 +24,17 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def describe_error(exc: BaseException) -> tuple[str, int]:
-    """The one-line message and exit code for an exception reaching the command line."""
+    """The one-line message and exit code for an exception reaching the command line.
+
+    The message is kept on one line: line breaks and other non-printable characters (from a
+    file name, say) are shown escaped.
+    """
+    from symbolic.errors import one_line
+
     if isinstance(exc, expected_errors()):
-        return str(exc), 2
-    return (f"internal error ({type(exc).__name__}: {exc}); please report it with the spec, "
-            f"and rerun with --debug for the traceback"), 3
+        return one_line(str(exc)), 2
+    return one_line(f"internal error ({type(exc).__name__}: {exc}); please report it with the "
+                    f"spec, and rerun with --debug for the traceback"), 3
 
 
 def show_warnings() -> None:
