@@ -149,6 +149,7 @@ def assert_names_failure(report: CheckReport, name: str) -> None:
 
 @pytest.mark.parametrize("make", [linear_regression, softmax_regression, small_relu_net],
                          ids=["linreg", "softmax", "relu"])
+@pytest.mark.reliability("C15")
 def test_correct_gradient_passes_with_margin(make: Callable[[], Model]) -> None:
     report = make().check()
     assert report.ok, report.table()
@@ -190,12 +191,14 @@ def test_report_table_and_json() -> None:
 # --------------------------------------------------------------------------- mutation tests (C.16)
 
 
+@pytest.mark.reliability("C16")
 def test_scaled_gradient_is_wrong() -> None:
     model = linear_regression()
     assert_names_failure(model.check(mutate(model.loss_and_grad, "w", lambda g: g * (1 + 1e-4))),
                          "w")
 
 
+@pytest.mark.reliability("C16")
 def test_transposed_square_weight_is_wrong() -> None:
     model = softmax_regression(d=3, c=3)
     report = model.check(mutate(model.loss_and_grad, "W", lambda g: g.T.copy()))
@@ -203,6 +206,7 @@ def test_transposed_square_weight_is_wrong() -> None:
     assert report.row("b").status == OK
 
 
+@pytest.mark.reliability("C16")
 def test_dropped_bias_term_is_wrong() -> None:
     model = linear_regression(drop_bias=True)
     report = model.check(model.loss_and_grad)
@@ -210,6 +214,7 @@ def test_dropped_bias_term_is_wrong() -> None:
     assert_names_failure(report, "b")
 
 
+@pytest.mark.reliability("C16")
 def test_flipped_sign_is_wrong() -> None:
     model = small_relu_net()
     report = model.check(mutate(model.loss_and_grad, "b2", lambda g: -g))
@@ -217,6 +222,7 @@ def test_flipped_sign_is_wrong() -> None:
     assert all(report.row(name).status == OK for name in ("W1", "b1", "W2"))
 
 
+@pytest.mark.reliability("C16")
 def test_missing_one_over_n_is_wrong() -> None:
     model = small_relu_net()
     assert_names_failure(model.check(mutate(model.loss_and_grad, "W1", lambda g: g * 4)), "W1")
@@ -232,6 +238,7 @@ def test_loss_that_disagrees_with_loss_and_grad_is_wrong() -> None:
 # --------------------------------------------------------------------------- kinks (C.17)
 
 
+@pytest.mark.reliability("C17")
 def test_exact_kink_is_skipped_and_reported_not_wrong() -> None:
     model = small_relu_net(zero_row=True)
     points = [{**p, "b1": np.zeros(4)} for p in model.points()]  # z = 0 exactly for row 2
@@ -250,6 +257,7 @@ def test_exact_kink_is_skipped_and_reported_not_wrong() -> None:
     assert blind.row("b1").status == WRONG  # ... the relu'(0) = 0 convention reads as a bug
 
 
+@pytest.mark.reliability("C17")
 def test_near_kink_rejects_points_with_ties() -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(size=(4, 5))
@@ -265,6 +273,7 @@ def test_near_kink_rejects_points_with_ties() -> None:
 # --------------------------------------------------------------------------- scaling (C.21, point 6)
 
 
+@pytest.mark.reliability("C21")
 def test_tiny_loss_is_never_wrong() -> None:
     model = linear_regression()
 
@@ -314,6 +323,7 @@ def test_round_off_dominated_loss_is_inconclusive_not_wrong() -> None:
 # --------------------------------------------------------------------------- float64 only (C.20)
 
 
+@pytest.mark.reliability("C20")
 def test_float32_loss_is_refused() -> None:
     model = linear_regression()
     with pytest.raises(TypeError, match="float32"):
@@ -321,6 +331,7 @@ def test_float32_loss_is_refused() -> None:
                         model.points())
 
 
+@pytest.mark.reliability("C20")
 def test_float32_gradient_is_refused_naming_the_tensor() -> None:
     model = linear_regression()
     grads = mutate(model.loss_and_grad, "w", lambda g: g.astype(np.float32))

@@ -67,6 +67,7 @@ def diff_message(golden: Path, fresh: str) -> str:
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=NAMES)
+@pytest.mark.reliability("B12")
 def test_generated_module_is_current(spec, update_golden, monkeypatch):
     monkeypatch.chdir(ROOT)
     relative = spec.relative_to(ROOT)
@@ -87,6 +88,7 @@ def test_check_report_belongs_to_module(name):
     assert report["ok"] and report["status"] == "ok"
 
 
+@pytest.mark.reliability("B12")
 def test_generation_is_byte_identical_under_different_hash_seeds():
     script = textwrap.dedent("""
         import glob, hashlib, codegen
@@ -112,6 +114,7 @@ def test_generation_is_byte_identical_under_different_hash_seeds():
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.reliability("B13")
 def test_generated_module_imports_and_top_level(name):
     text = (GENERATED / f"{name}.py").read_text()
     tree = ast.parse(text)
@@ -210,6 +213,7 @@ F32_NAMES = ["curve_fit", "logistic_regression", "s2_mnist_mlp", "s3_softmax_reg
 
 
 @pytest.mark.parametrize("name", F32_NAMES)
+@pytest.mark.reliability("C20")
 def test_float32_agrees_with_float64(name, derivation, generated_module):
     module, d = generated_module(name), derivation(name)
     X, Y = data_for(module, n=32)
@@ -229,6 +233,7 @@ def test_float32_agrees_with_float64(name, derivation, generated_module):
 # ---------------------------------------------------------------- standalone imports
 
 
+@pytest.mark.reliability("B13")
 def test_generated_modules_run_without_symgrad(generated_module):
     for name in NAMES:  # compile the float64 paths here, so the subprocess hits the cache
         module = generated_module(name)
@@ -276,6 +281,7 @@ def test_generated_modules_run_without_symgrad(generated_module):
 # ------------------------------------------------------------------------- printers
 
 
+@pytest.mark.reliability("C18")
 def test_printer_batched_forms():
     W, x, h, d, b = (sp.Symbol(n, real=True) for n in ("W", "x", "h", "delta", "b"))
     shapes = {W: (3, 4), x: (4,), h: (3,), d: (3,), b: (3,)}

@@ -19,6 +19,7 @@ S1 = ROOT / "examples/s1_linear_regression.toml"
 S5 = ROOT / "examples/s5_tiny_mlp.toml"
 
 
+@pytest.mark.reliability("C16")
 def test_corrupted_gradients_fail_verification_and_nothing_is_installed(tmp_path, monkeypatch):
     d = derive(load_spec(S5))
     good = codegen.render_module(d)
@@ -44,6 +45,7 @@ def test_corrupted_gradients_fail_verification_and_nothing_is_installed(tmp_path
     assert not (out / "s5_tiny_mlp.check.json").exists()
 
 
+@pytest.mark.reliability("B14")
 def test_regenerating_an_unchanged_spec_leaves_files_untouched(tmp_path):
     out = tmp_path / "gen"
     module = codegen.generate(S1, out)
@@ -61,6 +63,7 @@ def test_regenerating_an_unchanged_spec_leaves_files_untouched(tmp_path):
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
+@pytest.mark.reliability("B14")
 def test_changing_the_spec_changes_results(tmp_path):
     spec = tmp_path / "drift.toml"
     text = S1.read_text().replace('name = "s1_linear_regression"', 'name = "drift"')

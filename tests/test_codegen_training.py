@@ -159,6 +159,7 @@ def test_adam_follows_kingma_and_ba_on_a_quadratic(generated_module):
     np.testing.assert_allclose(np.concatenate([fitted.w, [fitted.b]]), path[-1], rtol=1e-10)
 
 
+@pytest.mark.reliability("F39")
 def test_callbacks_resume_and_early_stop_are_exact(generated_module):
     module = generated_module("s5_tiny_mlp")
     X, Y = synthetic(module, 50, seed=3)

@@ -66,6 +66,7 @@ def write_csv(
     return str(path)
 
 
+@pytest.mark.reliability("E32")
 def test_csv_with_bom_header_labels_and_blank_lines(tmp_path):
     path = write_csv(tmp_path, "a,b,label\n1,2,0\n3.5,-4e-1,2\n\n", bom=True)
     ds = load_data(path)
@@ -114,6 +115,7 @@ def test_csv_unknown_target_lists_columns(tmp_path):
         ("a,\n1,2\n", "line 1, column 2: empty column name"),
     ],
 )
+@pytest.mark.reliability("E32")
 def test_csv_hostile_inputs(tmp_path, body, message):
     path = write_csv(tmp_path, body)
     with pytest.raises(DataError, match=f"^{re.escape(path)}: .*{message}"):
@@ -127,6 +129,7 @@ def test_csv_not_utf8(tmp_path):
         load_data(str(path))
 
 
+@pytest.mark.reliability("E31")
 def test_csv_over_size_cap(tmp_path):
     path = write_csv(tmp_path, "a,b\n" + "1,2\n" * 100)
     with pytest.raises(
@@ -162,6 +165,7 @@ def test_npz_explicit_keys(tmp_path):
         load_data(str(path), x_key="x_train", y_key="targets")
 
 
+@pytest.mark.reliability("E30")
 def test_npz_missing_keys_lists_keys_present(tmp_path):
     path = tmp_path / "odd.npz"
     np.savez(path, features=np.ones((2, 2)), labels=np.zeros(2))
@@ -217,6 +221,7 @@ def test_npz_sample_count_mismatch(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["x", "y"])
+@pytest.mark.reliability("E32")
 def test_non_finite_values_name_first_bad_index(tmp_path, where):
     path = tmp_path / "bad.npz"
     x = np.ones((4, 3))
@@ -260,6 +265,7 @@ def test_npy_one_dimensional_is_refused(tmp_path):
         load_data(str(path))
 
 
+@pytest.mark.reliability("E29")
 def test_text_file_named_npy(tmp_path):
     path = tmp_path / "fake.npy"
     path.write_text("x,y\n1,2\n")
@@ -278,6 +284,7 @@ class CreatesFileWhenUnpickled:
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
+@pytest.mark.reliability("E28")
 def test_pickle_payload_is_refused_and_never_run(tmp_path, suffix):
     sentinel = tmp_path / "PWNED"
     payload = np.array([CreatesFileWhenUnpickled(sentinel), 1], dtype=object)
@@ -291,6 +298,7 @@ def test_pickle_payload_is_refused_and_never_run(tmp_path, suffix):
     assert not sentinel.exists()
 
 
+@pytest.mark.reliability("E29")
 def test_truncated_and_non_zip_npz(tmp_path):
     good = tmp_path / "good.npz"
     np.savez(good, x=np.ones((100, 4)), y=np.zeros(100))
@@ -311,6 +319,7 @@ def npy_header(shape: tuple[int, ...], descr: str = "<f8") -> bytes:
     return stream.getvalue()
 
 
+@pytest.mark.reliability("E31")
 def test_absurd_header_shape_is_refused_before_allocation(tmp_path):
     npz = tmp_path / "huge.npz"
     with zipfile.ZipFile(npz, "w") as archive:
@@ -329,6 +338,7 @@ def test_absurd_header_shape_is_refused_before_allocation(tmp_path):
         load_data(str(npy))
 
 
+@pytest.mark.reliability("E31")
 def test_zip_bomb_is_refused(tmp_path):
     path = tmp_path / "bomb.npz"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -454,6 +464,7 @@ def test_directory_without_idx_files(tmp_path):
 # ---------------------------------------------------------------------------- spec checks
 
 
+@pytest.mark.reliability("E34")
 def test_feature_count_mismatch_names_both_sides():
     with pytest.raises(
         DataError,
@@ -480,6 +491,7 @@ def test_feature_count_mismatch_names_both_sides():
         ([0, 2.5, 1], "sample 1 has label 2.5, which is not an integer class index"),
     ],
 )
+@pytest.mark.reliability("E33")
 def test_bad_labels_name_the_sample(labels, message):
     with pytest.raises(DataError, match=f"^data.csv: {re.escape(message)}"):
         check_against_spec(

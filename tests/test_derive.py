@@ -124,6 +124,7 @@ def _logit_spec(loss: str, classes: bool) -> Spec:
 
 
 @pytest.mark.parametrize("label, expected", [(0, 0.0), (1, 1000.0), (2, 2000.0)])
+@pytest.mark.reliability("D22")
 def test_softmax_cross_entropy_of_huge_logits_is_exact(label, expected):
     ref = Reference(derive(_logit_spec("softmax_cross_entropy(z, y)", classes=True)))
     loss, grads = ref.sample({"b": np.zeros(3)}, np.array([1000.0, 0.0, -1000.0]), label)
@@ -132,6 +133,7 @@ def test_softmax_cross_entropy_of_huge_logits_is_exact(label, expected):
     np.testing.assert_allclose(grads["b"], expected_grad, atol=1e-12)
 
 
+@pytest.mark.reliability("D23")
 def test_bce_with_logits_matches_keras_case_and_stays_finite():
     ref = Reference(derive(_logit_spec("bce_with_logits(z, y)", classes=False)))
     X = np.array([[100.0, -100.0, 100.0], [100.0, 100.0, -100.0]])
@@ -145,6 +147,7 @@ def test_bce_with_logits_matches_keras_case_and_stays_finite():
     assert float(grads["b"]) == pytest.approx(1 / (1 + math.exp(-40.0)), rel=1e-12)
 
 
+@pytest.mark.reliability("D24")
 def test_equal_logits_give_log_of_class_count():
     ref = Reference(derive(Spec.build(
         name="zero", inputs={"x": 4}, targets={"y": {"classes": 10}},
@@ -155,6 +158,7 @@ def test_equal_logits_give_log_of_class_count():
     np.testing.assert_allclose(grads["b"], np.full(10, 0.1) - np.eye(10)[3], atol=1e-15)
 
 
+@pytest.mark.reliability("D25")
 def test_hand_written_bce_becomes_the_logits_form():
     spec = Spec.build(name="hand", inputs={"x": 1}, targets={"y": 1}, params={"b": {}},
                       model={"z": "x + b"},
@@ -168,6 +172,7 @@ def test_hand_written_bce_becomes_the_logits_form():
     assert ref.sample({"b": np.array(0.0)}, 40.0, 0.0)[0] == pytest.approx(40.0, rel=1e-12)
 
 
+@pytest.mark.reliability("C18")
 def test_kink_conventions():
     z = sp.Symbol("z", real=True)
     assert Step.numpy(np.array([0.0]))[0] == 0.0  # relu'(0) = 0

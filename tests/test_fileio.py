@@ -75,6 +75,7 @@ def test_new_file_gets_umask_permissions_and_existing_mode_is_kept(tmp_path):
     assert fresh.stat().st_mode & 0o777 == 0o640
 
 
+@pytest.mark.reliability("F35")
 def test_failing_replace_keeps_previous_file_and_removes_temp(tmp_path, monkeypatch):
     target = tmp_path / "params.npz"
     target.write_bytes(b"previous")
@@ -85,6 +86,7 @@ def test_failing_replace_keeps_previous_file_and_removes_temp(tmp_path, monkeypa
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.reliability("F36")
 def test_enospc_gives_clear_message_and_keeps_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "runs" / "x" / "params.npz"
     target.parent.mkdir(parents=True)
@@ -99,6 +101,7 @@ def test_enospc_gives_clear_message_and_keeps_previous_file(tmp_path, monkeypatc
     assert temp_files(target.parent) == []
 
 
+@pytest.mark.reliability("F36")
 def test_unwritable_directory_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", raise_oserror(errno.EACCES))
     with pytest.raises(
@@ -107,6 +110,7 @@ def test_unwritable_directory_is_reported(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "a.txt", "x")
 
 
+@pytest.mark.reliability("F35")
 def test_non_oserror_inside_write_becomes_output_error(tmp_path):
     target = tmp_path / "a.bin"
     target.write_bytes(b"previous")
@@ -117,6 +121,7 @@ def test_non_oserror_inside_write_becomes_output_error(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+@pytest.mark.reliability("F36")
 def test_read_only_directory_real_permissions(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -220,6 +225,7 @@ def test_npz_without_meta_loads_with_empty_meta(tmp_path):
     np.testing.assert_array_equal(arrays["a"], np.ones(3))
 
 
+@pytest.mark.reliability("F35")
 def test_save_refuses_object_arrays_and_keeps_previous_file(tmp_path):
     target = tmp_path / "a.npz"
     save_npz_atomic(target, {"a": np.ones(2)}, {})
@@ -239,6 +245,7 @@ def test_load_npz_missing_file(tmp_path):
         load_npz_safe(tmp_path / "nope.npz")
 
 
+@pytest.mark.reliability("E29")
 def test_load_npz_truncated_and_non_zip(tmp_path):
     good = tmp_path / "good.npz"
     np.savez(good, x=np.arange(1000.0))
@@ -253,6 +260,7 @@ def test_load_npz_truncated_and_non_zip(tmp_path):
             load_npz_safe(path)
 
 
+@pytest.mark.reliability("E28")
 def test_load_npz_refuses_object_member(tmp_path):
     target = tmp_path / "obj.npz"
     np.savez(target, x=np.array([1, "a"], dtype=object))
@@ -271,6 +279,7 @@ def write_raw_member(
         archive.writestr(name, stream.getvalue() + payload)
 
 
+@pytest.mark.reliability("E31")
 def test_load_npz_refuses_absurd_header_shape_before_allocating(tmp_path):
     target = tmp_path / "huge.npz"
     header = {"descr": "<f8", "fortran_order": False, "shape": (1_000_000, 1_000_000)}
@@ -282,6 +291,7 @@ def test_load_npz_refuses_absurd_header_shape_before_allocating(tmp_path):
         load_npz_safe(target)
 
 
+@pytest.mark.reliability("E31")
 def test_load_npz_refuses_zip_bomb(tmp_path):
     target = tmp_path / "bomb.npz"
     header = {"descr": "|u1", "fortran_order": False, "shape": (20_000_000,)}
@@ -294,6 +304,7 @@ def test_load_npz_refuses_zip_bomb(tmp_path):
         load_npz_safe(target, max_bytes=1_000_000)
 
 
+@pytest.mark.reliability("E31")
 def test_load_npz_refuses_lying_zip_directory(tmp_path):
     target = tmp_path / "liar.npz"
     np.savez(target, x=np.ones(4))
@@ -329,6 +340,7 @@ def test_load_npy_safe_missing_and_directory(tmp_path):
         load_npz_safe(tmp_path)
 
 
+@pytest.mark.reliability("E29")
 def test_load_npy_safe_text_file_and_fortran_order(tmp_path):
     text = tmp_path / "data.npy"
     text.write_text("1,2,3\n")
@@ -376,6 +388,7 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     )
 
 
+@pytest.mark.reliability("F39")
 def test_checkpoint_for_another_spec_is_refused(tmp_path):
     target = tmp_path / "checkpoint.npz"
     save_checkpoint(
@@ -388,6 +401,7 @@ def test_checkpoint_for_another_spec_is_refused(tmp_path):
         load_checkpoint(target, spec_hash="bbbb", shapes=SHAPES)
 
 
+@pytest.mark.reliability("F39")
 def test_checkpoint_with_other_shapes_is_refused(tmp_path):
     target = tmp_path / "checkpoint.npz"
     save_checkpoint(target, make_params(), spec_hash="h", epoch=1, history=[], extra={})
@@ -422,6 +436,7 @@ def test_corrupt_checkpoint_is_refused_with_path(tmp_path):
         load_checkpoint(target, spec_hash="h", shapes=SHAPES)
 
 
+@pytest.mark.reliability("F35")
 def test_child_killed_during_checkpoint_save_leaves_previous_checkpoint(tmp_path):
     target = tmp_path / "checkpoint.npz"
     save_checkpoint(

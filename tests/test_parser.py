@@ -50,12 +50,14 @@ def test_transpose_and_matmul_shapes():
     ("W.T.T.real", "attribute `.real`"),
     ("getattr(x, 'T')", "function `getattr` is not allowed"),
 ])
+@pytest.mark.reliability("A2")
 def test_forbidden_constructs_are_named_with_a_column(text, construct):
     with pytest.raises(SpecError, match=construct) as info:
         parse(text)
     assert info.value.column is not None and info.value.column >= 1
 
 
+@pytest.mark.reliability("A1")
 def test_import_is_rejected_and_nothing_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SpecError, match=r"function `__import__` is not allowed; allowed functions: abs"):
@@ -64,6 +66,7 @@ def test_import_is_rejected_and_nothing_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text", ["x**9**9**9", "2**10**10", "x ** 65", "x ** -100"])
+@pytest.mark.reliability("A4")
 def test_huge_constant_exponents_are_rejected_fast(text):
     start = time.perf_counter()
     with pytest.raises(SpecError, match="exponent constant too large"):
@@ -71,6 +74,7 @@ def test_huge_constant_exponents_are_rejected_fast(text):
     assert time.perf_counter() - start < 1.0
 
 
+@pytest.mark.reliability("A5")
 def test_deep_nesting_and_huge_formulas_are_rejected_before_parsing():
     with pytest.raises(SpecError, match="too long|too deeply nested"):
         parse("(" * 10_000 + "x" + ")" * 10_000)
@@ -83,17 +87,21 @@ def test_deep_nesting_and_huge_formulas_are_rejected_before_parsing():
 
 
 @pytest.mark.parametrize("char", ["\n", "\r", "\u2028", "\u202e", "\x00", "\uff37"])
+@pytest.mark.reliability("A6")
+@pytest.mark.reliability("A8")
 def test_control_and_non_ascii_characters_are_rejected(char):
     with pytest.raises(SpecError, match=f"U\\+{ord(char):04X}"):
         parse(f"x{char} + x")
 
 
 @pytest.mark.parametrize("text", ["x * 1e400", "x / 0", "x * 1e300 * 1e300"])
+@pytest.mark.reliability("A11")
 def test_non_finite_constants_are_rejected(text):
     with pytest.raises(SpecError, match="finite"):
         parse(text)
 
 
+@pytest.mark.reliability("A9")
 def test_shape_mismatch_names_both_shapes_and_the_subexpression():
     with pytest.raises(SpecError, match=r"shape mismatch in `W @ b`: \(2, 3\) @ \(2,\)"):
         parse("relu(W @ b) + x")
@@ -101,11 +109,13 @@ def test_shape_mismatch_names_both_shapes_and_the_subexpression():
         parse("x + b")
 
 
+@pytest.mark.reliability("A3")
 def test_unknown_names_list_the_declared_ones():
     with pytest.raises(SpecError, match=r"unknown name `W3`; declared names: W, b, x, y"):
         parse("W3 @ x")
 
 
+@pytest.mark.reliability("D25")
 def test_stable_rewrites_of_logs():
     rules: set[str] = set()
     c = ctx()

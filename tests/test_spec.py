@@ -112,6 +112,16 @@ def test_every_bad_spec_file_is_listed():
 
 
 @pytest.mark.parametrize("defect", sorted(BAD_SPECS))
+@pytest.mark.reliability("A1")
+@pytest.mark.reliability("A2")
+@pytest.mark.reliability("A3")
+@pytest.mark.reliability("A4")
+@pytest.mark.reliability("A6")
+@pytest.mark.reliability("A7")
+@pytest.mark.reliability("A8")
+@pytest.mark.reliability("A9")
+@pytest.mark.reliability("A10")
+@pytest.mark.reliability("A11")
 def test_bad_spec_fails_with_one_clear_error(defect, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = BAD / f"bad_{defect}.toml"
@@ -123,6 +133,7 @@ def test_bad_spec_fails_with_one_clear_error(defect, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing executed (no PWNED)
 
 
+@pytest.mark.reliability("A6")
 def test_quoted_non_ascii_names_are_rejected():
     text = ISSUE_EXAMPLE.replace("b1 = { shape = [5] }", '"b\u0430" = { shape = [5] }')
     with pytest.raises(SpecError, match=r"params\.b\u0430: invalid name.*U\+0430"):
@@ -133,6 +144,7 @@ def test_quoted_non_ascii_names_are_rejected():
 
 
 @pytest.mark.parametrize("name", ["match", "sum", "np", "numba", "lambda", "print", "loss"])
+@pytest.mark.reliability("A7")
 def test_reserved_names_are_rejected(name):
     text = ISSUE_EXAMPLE.replace("b1 = { shape", f"{name} = {{ shape").replace("+ b1", f"+ {name}")
     with pytest.raises(SpecError, match=rf"params\.{name}: invalid name"):
