@@ -294,25 +294,30 @@ class _Deriver:
                 continue
             if step.role == "loss":
                 delta: sp.Expr = sp.S.One
+            elif not contributions[sym]:
+                delta = sp.S.Zero  # nothing downstream uses this node
             else:
                 total = _finish(contributions[sym], step.shape, shapes)
+                batched = step.batched or any(self.values[str(s)].batched
+                                              for s in total.free_symbols)
                 delta_value = self.add_value(f"delta_{step.name}", step.shape, "delta",
-                                             step.batched)
+                                             batched)
                 shapes[delta_value.symbol] = step.shape
-                steps.append(Step(delta_value.name, total, step.shape, step.batched, "delta",
+                steps.append(Step(delta_value.name, total, step.shape, batched, "delta",
                                   step.layer, of=step.name, field=step.field))
                 delta = delta_value.symbol
-            _backprop(step.expr, delta, needs, shapes, contributions, self.rules)
+            if delta != 0:
+                _backprop(step.expr, delta, needs, shapes, contributions, self.rules)
             for param_sym, name in params.items():
                 if last_use.get(param_sym) == index:
                     steps.append(self.grad_step(name, contributions[param_sym], shapes))
-        warns = []
         for param_sym, name in params.items():
             if param_sym not in last_use:
                 steps.append(self.grad_step(name, [], shapes))
-                warns.append(f"{self.spec.source or '<spec>'}: params.{name}: the loss does not "
-                             f"depend on parameter `{name}`; its gradient is zero and training "
-                             f"will not change it (remove it or use it in [model])")
+        warns = [f"{self.spec.source or '<spec>'}: params.{name}: the loss does not depend on "
+                 f"parameter `{name}`; its gradient is zero and training will not change it "
+                 f"(remove it or use it in the loss's computation)"
+                 for param_sym, name in params.items() if not contributions[param_sym]]
         return steps, warns
 
     def grad_step(self, name: str, terms: list[sp.Expr], shapes: dict) -> Step:

@@ -84,10 +84,17 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from codegen import generate
+    import sys
+
+    from codegen import VerificationError, generate
     from symbolic import derive, load_spec
 
     d = derive(load_spec(args.spec))
-    path = generate(d, args.out)
+    try:
+        path = generate(d, args.out)
+    except VerificationError as exc:
+        print(exc.report.table())
+        print(f"symgrad: error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {path} (gradients verified; report {path.with_suffix('.check.json')})")
     return 0
