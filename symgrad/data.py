@@ -442,17 +442,7 @@ def _keras_layout(path: Path, arrays: dict[str, np.ndarray]) -> Dataset:
                 f"{path}: x_train has {X.shape[1]} features per sample, x_test has "
                 f"{X_test.shape[1]}; they must match"
             )
-    labels = (y,) if y_test is None else (y, y_test)
-    return Dataset(
-        X=X,
-        y=y,
-        X_test=X_test,
-        y_test=y_test,
-        feature_names=[f"x{i}" for i in range(X.shape[1])],
-        target_name="y_train",
-        source=str(path),
-        n_classes=_n_classes(*labels),
-    )
+    return _image_dataset(X, y, X_test, y_test, target_name="y_train", source=str(path))
 
 
 def _load_npy(
@@ -613,17 +603,16 @@ def _load_idx_dir(directory: Path, max_bytes: int) -> Dataset:
     test = _load_idx_pair(directory, "t10k", max_bytes)
     X, y = train
     X_test, y_test = test if test is not None else (None, None)
+    return _image_dataset(X, y, X_test, y_test, target_name="label", source=str(directory))
+
+
+def _image_dataset(X: np.ndarray, y: np.ndarray, X_test: np.ndarray | None,
+                   y_test: np.ndarray | None, *, target_name: str, source: str) -> Dataset:
+    """A Dataset of flattened images with integer labels (Keras mnist.npz or IDX files)."""
     labels = (y,) if y_test is None else (y, y_test)
-    return Dataset(
-        X=X,
-        y=y,
-        X_test=X_test,
-        y_test=y_test,
-        feature_names=[f"x{i}" for i in range(X.shape[1])],
-        target_name="label",
-        source=str(directory),
-        n_classes=_n_classes(*labels),
-    )
+    return Dataset(X=X, y=y, X_test=X_test, y_test=y_test,
+                   feature_names=[f"x{i}" for i in range(X.shape[1])], target_name=target_name,
+                   source=source, n_classes=_n_classes(*labels))
 
 
 # ---------------------------------------------------------------------------- spec fit, split
