@@ -5,14 +5,10 @@ generated, verified against finite differences and imported -- all in ``prepare`
 timing. ``train`` is the generated module's ``fit`` (float32, the whole run in compiled code),
 with minibatches visited in row order as the harness requires (``shuffle=False``).
 
-Use as a plugin::
-
-    python benchmarks/run.py --plugin benchmarks.impl_symgrad
-
-or register it with the defaults (one line in ``register_defaults``)::
-
-    register_module("symgrad", prefix + "impl_symgrad", package=pkg, loss_is_last_batch=False,
-                    note="symgrad-generated module (fit)")
+Registered by ``registry.register_defaults`` as "symgrad" (``loss_is_last_batch=False``: the
+generated fit returns epoch-mean losses, so the harness checks the full-data loss only).
+A run that is not a whole number of epochs (W3) is laid out as one pass of its minibatches by
+``workloads.steps_as_one_pass`` in ``prepare`` (outside the timing).
 
 Generated modules go to ``$SYMGRAD_BENCH_DIR`` (default: ``<tmp>/symgrad-bench``), so Numba's
 cache next to them survives between runs (the harness reports the first call separately).
@@ -26,16 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 try:
-    from .workloads import Workload, get_workload
+    from .workloads import Workload, fit_plan, get_workload, steps_as_one_pass
 except ImportError:  # pragma: no cover
-    from workloads import Workload, get_workload
+    from workloads import Workload, fit_plan, get_workload, steps_as_one_pass
 
 try:
     import codegen
@@ -78,29 +72,17 @@ def module_for(w: Workload):
     return _MODULES[key]
 
 
-def _epochs(w: Workload) -> tuple[bool, int]:
-    whole, rem = divmod(w.steps, w.n_batches)
-    return (False, whole) if rem == 0 else (True, 1)
-
-
 def prepare(workload, data):
     """Generate the module; lay the data out as one pass of ``steps`` minibatches if needed."""
     w = get_workload(workload)
     module_for(w)
-    tile, _ = _epochs(w)
-    if not tile:
-        return data
-    if w.n_samples % w.batch:
-        raise NotImplementedError("tiling with ragged batches would merge batches")
-    rows = np.concatenate([np.arange((s % w.n_batches) * w.batch,
-                                     (s % w.n_batches + 1) * w.batch) for s in range(w.steps)])
-    return {"X": np.ascontiguousarray(data["X"][rows]), "Y": np.ascontiguousarray(data["Y"][rows])}
+    return steps_as_one_pass(w, data)
 
 
 def train(workload, data, params):
     w = get_workload(workload)
     module = module_for(w)
-    _, epochs = _epochs(w)
+    _, epochs = fit_plan(w)
     optimizer = "sgd" if w.optimizer == "gd" else w.optimizer
     hyper = {"beta1": w.adam_beta1, "beta2": w.adam_beta2, "eps": w.adam_eps} \
         if w.optimizer == "adam" else {}
@@ -111,12 +93,3 @@ def train(workload, data, params):
 
 def version() -> str:
     return "generated"
-
-
-if AVAILABLE:  # imported as a run.py --plugin: register beside the defaults
-    try:
-        from . import registry as _registry
-    except ImportError:  # pragma: no cover
-        import registry as _registry
-    _registry.register("symgrad", train, prepare=prepare, loss_is_last_batch=False,
-                       note="symgrad-generated module: spec -> derive -> generate -> fit")

@@ -19,13 +19,14 @@ An implementation is a callable ``train(workload, data, params) -> (params, fina
 Register with :func:`register` (a callable you already have) or
 :func:`register_module` (imported lazily; an ImportError or a module-level
 ``AVAILABLE = False`` marks the implementation as skipped, with the reason).
-Example for a symgrad-generated module exposing
-``fit(params, X, Y, optimizer=..., lr=..., epochs=..., batch_size=..., seed=...)``::
+symgrad itself (``impl_symgrad``: the workloads written as specs, generated in
+``prepare``) is registered by :func:`register_defaults`.  Example for another module
+exposing ``fit(params, X, Y, optimizer=..., lr=..., epochs=..., batch_size=..., seed=...)``::
 
     from benchmarks.registry import register, fit_adapter
     import generated.mlp_ce as mod            # produced from a spec
-    fit = fit_adapter(mod.fit)                # extra fit kwargs: fit_adapter(mod.fit, shuffle=False)
-    register("symgrad", fit, prepare=fit.prepare, loss_is_last_batch=False,
+    fit = fit_adapter(mod.fit, shuffle=False) # extra kwargs are passed to fit
+    register("my-mlp", fit, prepare=fit.prepare, loss_is_last_batch=False, nrt=True,
              supports=lambda w: w.name in {"W4", "W5", "W6"})
 
 Put such lines in a module and pass it with ``run.py --plugin my_module`` (it is
@@ -43,9 +44,9 @@ from typing import Any, Callable
 import numpy as np
 
 try:
-    from .workloads import Workload, get_workload
+    from .workloads import Workload, fit_plan, get_workload, steps_as_one_pass
 except ImportError:  # pragma: no cover
-    from workloads import Workload, get_workload
+    from workloads import Workload, fit_plan, get_workload, steps_as_one_pass
 
 TrainFn = Callable[[Any, dict, dict], tuple]
 
@@ -63,39 +64,48 @@ class Impl:
     # (e.g. an epoch average): then only the full-data loss is compared.
     loss_is_last_batch: bool = True
     note: str = ""
+    # True for Numba implementations: the memory probe reports their Numba NRT
+    # allocation counts (meaningless for NumPy/torch/JAX, which allocate elsewhere)
+    nrt: bool = False
 
 
 REGISTRY: dict[str, Impl] = {}
 
 # the implementation ratios are computed against
 BASELINE = "numba-dot"
+# the explicit-loop reference (W1, W2): ratios against it are reported too
+LOOPS = "numba-loops"
+# the implementation the targets (RESULTS.md "Targets") are about
+SUBJECT = "symgrad"
 
 
 def register(name: str, train: TrainFn, *, supports=None, prepare=None, version=None,
-             loss_is_last_batch: bool = True, note: str = "", replace: bool = True) -> Impl:
+             loss_is_last_batch: bool = True, note: str = "", replace: bool = True,
+             nrt: bool = False) -> Impl:
     """Add (or replace) an implementation; returns its :class:`Impl` record."""
     if name in REGISTRY and not replace:
         raise KeyError(f"implementation {name!r} already registered")
     impl = Impl(name=name, train=train, supports=supports or (lambda w: True), prepare=prepare,
-                version=version, loss_is_last_batch=loss_is_last_batch, note=note)
+                version=version, loss_is_last_batch=loss_is_last_batch, note=note, nrt=nrt)
     REGISTRY[name] = impl
     return impl
 
 
 def register_module(name: str, module: str, *, attr: str = "train", supports_attr: str = "supports",
                     prepare_attr: str = "prepare", package: str | None = None, note: str = "",
-                    loss_is_last_batch: bool = True) -> Impl:
+                    loss_is_last_batch: bool = True, nrt: bool = False) -> Impl:
     """Register ``module.attr``; the module may define ``AVAILABLE``/``UNAVAILABLE_REASON``,
     ``supports(workload) -> bool``, ``prepare(workload, data)`` and ``version()``."""
     try:
         mod = importlib.import_module(module, package)
     except Exception as exc:  # ImportError, or a broken optional dependency
-        impl = Impl(name=name, train=None, available=False, reason=f"import failed: {exc!r}", note=note)
+        impl = Impl(name=name, train=None, available=False, reason=f"import failed: {exc!r}",
+                    note=note, nrt=nrt)
         REGISTRY[name] = impl
         return impl
     if not getattr(mod, "AVAILABLE", True):
         impl = Impl(name=name, train=None, available=False,
-                    reason=getattr(mod, "UNAVAILABLE_REASON", "unavailable"), note=note)
+                    reason=getattr(mod, "UNAVAILABLE_REASON", "unavailable"), note=note, nrt=nrt)
         REGISTRY[name] = impl
         return impl
     supports = getattr(mod, supports_attr, None)
@@ -108,6 +118,7 @@ def register_module(name: str, module: str, *, attr: str = "train", supports_att
         version=ver() if callable(ver) else None,
         loss_is_last_batch=loss_is_last_batch,
         note=note,
+        nrt=nrt,
     )
 
 
@@ -116,12 +127,15 @@ def available(workload: Workload) -> list[Impl]:
 
 
 def register_defaults() -> None:
-    """The hand-written references shipped in benchmarks/."""
+    """symgrad's generated modules and the references shipped in benchmarks/."""
     pkg = __package__ or None
     prefix = "." if pkg else ""
-    register_module("numba-dot", prefix + "ref_numba_dot", package=pkg,
+    # fit's history is the epoch-mean loss, not the last step's: only the full-data loss is checked
+    register_module(SUBJECT, prefix + "impl_symgrad", package=pkg, loss_is_last_batch=False,
+                    nrt=True, note="symgrad-generated module: spec -> derive -> generate -> fit")
+    register_module("numba-dot", prefix + "ref_numba_dot", package=pkg, nrt=True,
                     note="hand-written Numba, np.dot (BLAS), one njit call")
-    register_module("numba-loops", prefix + "ref_numba_loops", package=pkg,
+    register_module(LOOPS, prefix + "ref_numba_loops", package=pkg, nrt=True,
                     note="hand-written Numba, explicit loops, W1/W2 only")
     register_module("numpy", prefix + "ref_numpy", package=pkg, note="plain NumPy")
     register_module("torch", prefix + "ref_torch", package=pkg, note="eager PyTorch + torch.optim")
@@ -156,30 +170,12 @@ class _FitAdapter:
         self.seed = seed
         self.extra = extra
 
-    @staticmethod
-    def _plan(w: Workload):
-        whole, rem = divmod(w.steps, w.n_batches)
-        if rem == 0:
-            return False, whole
-        return True, 1
-
     def prepare(self, workload, data):
-        w = get_workload(workload)
-        tile, _ = self._plan(w)
-        if not tile:
-            return data
-        rows = []
-        for s in range(w.steps):
-            j = s % w.n_batches
-            rows.append(np.arange(j * w.batch, min((j + 1) * w.batch, w.n_samples)))
-        idx = np.concatenate(rows)
-        if w.n_samples % w.batch:
-            raise NotImplementedError("tiling with ragged batches would merge batches")
-        return {"X": np.ascontiguousarray(data["X"][idx]), "Y": np.ascontiguousarray(data["Y"][idx])}
+        return steps_as_one_pass(get_workload(workload), data)
 
     def __call__(self, workload, data, params):
         w = get_workload(workload)
-        _, epochs = self._plan(w)
+        _, epochs = fit_plan(w)
         opt = self.gd_name if w.optimizer == "gd" else w.optimizer
         res = self.fit(params, data["X"], data["Y"], optimizer=opt, lr=w.lr, epochs=epochs,
                        batch_size=w.batch, seed=self.seed, **self.extra)

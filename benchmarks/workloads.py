@@ -42,6 +42,8 @@ __all__ = [
     "batch_bounds",
     "flops_per_sample",
     "eval_loss_f64",
+    "fit_plan",
+    "steps_as_one_pass",
 ]
 
 
@@ -229,6 +231,28 @@ def step_rows(w: Workload, s: int) -> tuple[int, int]:
     """Row range used by optimizer step ``s``."""
     j = s % w.n_batches
     return j * w.batch, min((j + 1) * w.batch, w.n_samples)
+
+
+def fit_plan(w: Workload) -> tuple[bool, int]:
+    """How an epoch-based ``fit(..., epochs=E, batch_size=B, shuffle=False)`` runs ``w``:
+    ``(tile, epochs)``.  A whole number of epochs runs as is (``tile`` False); otherwise
+    (W3: 1000 steps of 100 over 60,000 rows) the run is ONE epoch over the data laid out
+    by :func:`steps_as_one_pass` (``tile`` True)."""
+    whole, rem = divmod(w.steps, w.n_batches)
+    return (False, whole) if rem == 0 else (True, 1)
+
+
+def steps_as_one_pass(w: Workload, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``data`` as ``fit`` needs it for :func:`fit_plan`: unchanged when a whole number of
+    epochs, else the rows of all ``w.steps`` minibatches in step order (``steps * batch``
+    rows, a copy), so that one epoch of consecutive minibatches is the run."""
+    tile, _ = fit_plan(w)
+    if not tile:
+        return data
+    if w.n_samples % w.batch:
+        raise NotImplementedError("tiling with ragged batches would merge batches")
+    rows = np.concatenate([np.arange(*step_rows(w, s)) for s in range(w.steps)])
+    return {"X": np.ascontiguousarray(data["X"][rows]), "Y": np.ascontiguousarray(data["Y"][rows])}
 
 
 def flops_per_sample(w: Workload) -> int:
