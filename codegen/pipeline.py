@@ -1,19 +1,31 @@
 """Render, prove and install generated training modules.
 
 ``render_module`` turns a derivation into module source (deterministic: same spec → same bytes).
-``generate`` renders, imports the rendered module itself from a temporary file, checks its float64
-``loss_and_grad`` against finite differences (``symbolic.verify``) and only then installs it
-(atomically) as ``<out_dir>/<name>.py`` with the report beside it as ``<name>.check.json``.
+``generate`` renders, imports the rendered module itself from a private temporary file, checks
+its float64 ``loss_and_grad`` against finite differences (``symbolic.verify``) and only then
+installs it (atomically) as ``<out_dir>/<name>.py`` with the report beside it as
+``<name>.check.json``.
+
+Start-up: the functions the check compiled are not compiled twice. The temporary copy is
+imported under the module's final name with Numba's on-disk cache switched off, and once the
+module is installed its compiled functions are saved into Numba's cache *of the installed
+file* (``save_overload``, Numba's own cache writer: index keyed by the file's content and the
+function's bytecode), so the installed module's first call loads them instead of compiling.
+A module that is already installed with the same text is checked in place (its cache is
+used, and filled, directly). Nothing is saved anywhere when the check fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -175,16 +187,132 @@ def recover_numba_cache(module: Any) -> list[str]:
             for key in list(cache_file._load_index()):
                 cache_file.load(key)
         except Exception as exc:  # noqa: BLE001 - whatever the unreadable file raises
-            folder = Path(cache_file._cache_path)
-            index = folder / cache_file._index_name
-            stem = cache_file._index_name[:-len(".nbi")]
-            for stale in [index, *folder.glob(f"{stem}.*.nbc")]:
-                stale.unlink(missing_ok=True)
+            folder = _delete_cache_entries(cache_file)
             cleared.append(attr)
             warnings.warn(f"{module.__name__}: Numba's cache of {attr} in {folder} was "
                           f"unreadable ({type(exc).__name__}: {exc}); cleared it, the function "
                           f"is compiled again", CacheWarning, stacklevel=2)
     return cleared
+
+
+def _delete_cache_entries(cache_file: Any) -> Path:
+    """Delete one function's Numba cache files (index and data); returns their folder."""
+    folder = Path(cache_file._cache_path)
+    index = folder / cache_file._index_name
+    stem = cache_file._index_name[:-len(".nbi")]
+    for stale in [index, *folder.glob(f"{stem}.*.nbc")]:
+        stale.unlink(missing_ok=True)
+    return folder
+
+
+def _dispatchers(module: Any) -> list[Any]:
+    """The ``@njit`` functions of a module, each once (``epoch_order = _epoch_order`` aliases)."""
+    try:
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return []
+    found: dict[int, Any] = {}
+    for _, obj in sorted(vars(module).items()):
+        if isinstance(obj, Dispatcher):
+            found.setdefault(id(obj), obj)
+    return list(found.values())
+
+
+def _delete_module_cache(module: Any) -> None:
+    """Delete the Numba cache entries of every function of an imported generated module."""
+    for dispatcher in _dispatchers(module):
+        cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+        if cache_file is not None:
+            with contextlib.suppress(Exception):
+                _delete_cache_entries(cache_file)
+
+
+def _disable_disk_cache(module: Any) -> list[Path]:
+    """Switch Numba's on-disk cache off for every function of ``module`` (before any call).
+
+    Returns the cache folders Numba chose (and created) for them at import, to be removed when
+    they are still empty.
+    """
+    from numba.core.caching import NullCache
+
+    folders = []
+    for dispatcher in _dispatchers(module):
+        folder = getattr(getattr(dispatcher, "_cache", None), "_cache_path", None)
+        if folder:
+            folders.append(Path(folder))
+        dispatcher._cache = NullCache()
+    return folders
+
+
+def _name_is_free(name: str) -> bool:
+    """True when importing a generated module as ``name`` replaces no other kind of module."""
+    loaded = sys.modules.get(name)
+    return loaded is None or hasattr(loaded, "__symgrad_sha256__")
+
+
+@contextlib.contextmanager
+def _staged(text: str, stem: str, name: str):
+    """``text`` imported from ``<private temporary folder>/<stem>.py`` as module ``name``.
+
+    Numba's on-disk cache of its functions is off (compiled code lives in memory only, nothing
+    is written under $NUMBA_CACHE_DIR or a ``__pycache__``); afterwards the temporary folder is
+    deleted and ``sys.modules[name]`` is what it was before.
+    """
+    previous = sys.modules.get(name)
+    folder = Path(tempfile.mkdtemp(prefix="symgrad-verify-"))
+    cache_folders: list[Path] = []
+    try:
+        path = folder / f"{stem}.py"
+        path.write_text(text, encoding="utf-8")
+        module = load_module(path, name)
+        cache_folders = _disable_disk_cache(module)
+        yield module
+    finally:
+        if previous is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+        for cache_folder in cache_folders:
+            if cache_folder != folder and folder not in cache_folder.parents:
+                with contextlib.suppress(OSError):
+                    cache_folder.rmdir()  # only when empty
+
+
+def save_compiled(module: Any, path: str | os.PathLike) -> int:
+    """Save the compiled functions of ``module`` into Numba's on-disk cache of the file ``path``.
+
+    ``module`` is a generated module imported (under the module name ``path`` will be imported
+    as: its file stem) from another file with the same text: the temporary copy ``generate``
+    verifies. Every function it compiled (each signature) is written by Numba's own cache
+    writer as if it had been compiled from ``path``: the entry is keyed by the file's content
+    hash (its modification time and size with older Numba) and the function's bytecode, so it
+    is used only while ``path`` holds that text. Returns the number of entries saved; best
+    effort (a failure only means the installed module compiles at its first call).
+    """
+    try:
+        from numba.core.caching import FunctionCache
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return 0
+    target = str(Path(path).resolve())
+    saved = 0
+    for dispatcher in _dispatchers(module):
+        overloads = list(dispatcher.overloads.items())
+        if not overloads:
+            continue
+        try:
+            func = dispatcher.py_func
+            clone = types.FunctionType(func.__code__.replace(co_filename=target),
+                                       func.__globals__, func.__name__, func.__defaults__,
+                                       func.__closure__)
+            clone.__qualname__ = func.__qualname__
+            cache = FunctionCache(clone)
+            for sig, cres in overloads:
+                cache.save_overload(sig, cres)
+                saved += 1
+        except Exception:  # noqa: BLE001 - an unwritable cache only costs a compile later
+            continue
+    return saved
 
 
 def verify_module(module: Any, d: Derivation, *, seed: int = 0, data=None) -> CheckReport:
@@ -204,17 +332,14 @@ def verify_module(module: Any, d: Derivation, *, seed: int = 0, data=None) -> Ch
 
 
 def check_text(text: str, d: Derivation, *, seed: int = 0) -> CheckReport:
-    """Write ``text`` to a temporary file, import that module and verify its gradients."""
-    digest = content_hash(text)[:12]
-    with tempfile.TemporaryDirectory(prefix="symgrad-check-") as tmp:
-        path = Path(tmp) / f"{d.spec.name}_{digest}.py"
-        path.write_text(text)
-        name = f"symgrad_check_{d.spec.name}_{digest}"
-        try:
-            module = load_module(path, name)
-            return verify_module(module, d, seed=seed)
-        finally:
-            sys.modules.pop(name, None)
+    """Write ``text`` to a temporary file, import that module and verify its gradients.
+
+    Nothing is left behind: the module is imported under a name of its own and its functions
+    are not written to Numba's on-disk cache.
+    """
+    name = f"symgrad_check_{d.spec.name}_{content_hash(text)[:12]}"
+    with _staged(text, d.spec.name, name) as module:
+        return verify_module(module, d, seed=seed)
 
 
 def check(spec_or_derivation: Spec | Derivation | str | os.PathLike, *,
@@ -288,6 +413,10 @@ def generate(spec_or_derivation: Spec | Derivation | str | os.PathLike,
     previously generated ``<name>.py`` / ``<name>.check.json`` in ``out_dir`` is removed, so no
     module there claims to be verified. Unchanged files are left untouched (same mtime). A model
     name that would shadow a Python module (``json``, ``numpy``) is refused (:class:`CodegenError`).
+
+    The functions compiled by the check go into Numba's cache of the installed file (see the
+    module docstring), so its first use does not compile them again; an installed module whose
+    text is unchanged is checked in place.
     """
     d = as_derivation(spec_or_derivation)
     problem = module_name_problem(d.spec.name)
@@ -298,7 +427,9 @@ def generate(spec_or_derivation: Spec | Derivation | str | os.PathLike,
     target = out / f"{d.spec.name}.py"
     report_path = out / f"{d.spec.name}.check.json"
     if verify:
-        report = check_text(text, d, seed=seed)
+        report = _verify_installed(target, text, d, seed)
+        if report is None:
+            report = _verify_and_install(target, text, d, seed)
         if not report.ok:
             if target.exists() and _is_generated(target):
                 target.unlink()
@@ -311,3 +442,44 @@ def generate(spec_or_derivation: Spec | Derivation | str | os.PathLike,
         if report_path.exists() and not _report_matches(report_path, text):
             report_path.unlink()
     return target
+
+
+def _verify_and_install(target: Path, text: str, d: Derivation, seed: int) -> CheckReport:
+    """Check ``text`` from a temporary copy; when it passes, install it as ``target`` and save
+    the functions the check compiled into Numba's cache of ``target``."""
+    stem = target.stem
+    reusable = _name_is_free(stem)  # compiled code records its module's name: it must be stem
+    name = stem if reusable else f"symgrad_check_{stem}_{content_hash(text)[:12]}"
+    with _staged(text, stem, name) as module:
+        report = verify_module(module, d, seed=seed)
+        if report.ok:
+            write_atomic(target, text)
+            if reusable:
+                save_compiled(module, target)
+    return report
+
+
+def _verify_installed(target: Path, text: str, d: Derivation, seed: int) -> CheckReport | None:
+    """The check of an installed ``target`` that already holds ``text``, imported from there
+    (Numba's cache of the file is used and filled); None when it does not hold ``text`` or
+    cannot be imported under its own name. On failure its Numba cache entries are deleted."""
+    stem = target.stem
+    try:
+        if target.read_text(encoding="utf-8") != text or not _name_is_free(stem):
+            return None
+    except (OSError, UnicodeDecodeError):
+        return None
+    previous = sys.modules.get(stem)
+    try:
+        module = load_module(target, stem)
+        if getattr(module, "__symgrad_sha256__", None) != content_hash(text):
+            return None  # replaced since it was read
+        report = verify_module(module, d, seed=seed)
+        if not report.ok:
+            _delete_module_cache(module)
+        return report
+    finally:
+        if previous is None:
+            sys.modules.pop(stem, None)
+        else:
+            sys.modules[stem] = previous

@@ -1,0 +1,200 @@
+"""Start-up: what ``codegen.generate`` compiles while verifying is not compiled again.
+
+The check imports the rendered module from a temporary copy (under the module's final name, with
+Numba's disk cache off) and, once the module is installed, saves the compiled functions into
+Numba's cache of the installed file. These tests pin that down without timing anything: Numba's
+dispatcher statistics and compile events say whether a function was compiled or loaded, and the
+cache folders say what was written. A failed check still installs and caches nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numba.core.config
+import numpy as np
+import pytest
+from numba.core import event
+
+import codegen
+import codegen.pipeline as gen
+from symbolic import derive, spec_from_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+S1 = ROOT / "examples/s1_linear_regression.toml"
+
+# appended to a rendered module: the public loss_and_grad returns twice the true gradient
+# (whatever the template's kernel looks like), so the finite-difference check fails
+DOUBLED = """
+
+_true_loss_and_grad = loss_and_grad
+
+
+def loss_and_grad(params, X, Y):
+    value, grads = _true_loss_and_grad(params, X, Y)
+    return value, Params(*[2 * g for g in grads])
+"""
+
+FIRST_CALL = """
+import json, sys
+import numpy as np
+import codegen
+module = codegen.load_module(sys.argv[1])
+rng = np.random.default_rng(0)
+X = rng.normal(size=(4, *module.INPUT_SHAPE))
+Y = rng.normal(size=(4, *module.TARGET_SHAPE))
+params = module.init_params(3)
+value, _ = module.loss_and_grad(params, X, Y)
+loss = module.loss(params, X, Y)
+print(json.dumps({"value": value, "loss": loss, "stats": {
+    name: {"hits": sum(f.stats.cache_hits.values()), "misses": sum(f.stats.cache_misses.values()),
+           "path": f.stats.cache_path}
+    for name, f in (("_loss", module._loss), ("_loss_grad", module._loss_grad))}}))
+"""
+
+
+def _derivation(name: str):
+    return derive(spec_from_toml(S1.read_text().replace('name = "s1_linear_regression"',
+                                                        f'name = "{name}"')))
+
+
+@pytest.fixture
+def numba_cache(tmp_path, monkeypatch):
+    """A fresh Numba cache folder for this test (this process and its subprocesses)."""
+    folder = tmp_path / "numba"
+    folder.mkdir()
+    monkeypatch.setattr(numba.core.config, "CACHE_DIR", str(folder))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """tempfile's folder for this test only, to see what generate leaves there."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+class _Compiles:
+    """Names of the functions Numba compiles while active, of modules named like ``module_name``
+    (``symgrad_check_<name>_<digest>`` included)."""
+
+    def __init__(self, module_name: str):
+        self.module_name = module_name
+        self.names: list[str] = []
+
+    def __enter__(self):
+        outer = self
+
+        class Listener(event.Listener):
+            def on_start(self, ev):
+                pass
+
+            def on_end(self, ev):
+                func = ev.data["dispatcher"].py_func
+                if outer.module_name in func.__module__:
+                    outer.names.append(func.__name__)
+
+        self.listener = Listener()
+        event.register("numba:compile", self.listener)
+        return self
+
+    def __exit__(self, *exc):
+        event.unregister("numba:compile", self.listener)
+
+
+def test_the_installed_module_loads_what_the_check_compiled(tmp_path, numba_cache, private_tmp):
+    d = _derivation("startup_reuse")
+    out = tmp_path / "out"
+    with _Compiles("startup_reuse") as compiles:
+        path = codegen.generate(d, out)
+    assert {"_loss", "_loss_grad"} <= set(compiles.names)  # compiled once, by the check
+    assert "startup_reuse" not in sys.modules  # the temporary import is gone
+    assert sorted(p.name for p in out.iterdir()) == ["startup_reuse.check.json",
+                                                     "startup_reuse.py"]
+    assert list(private_tmp.iterdir()) == []  # the temporary copy is deleted
+    # Numba's cache holds entries for the installed file only (none for the temporary copy)
+    folders = [p for p in numba_cache.iterdir()]
+    assert len(folders) == 1 and folders[0].name.startswith("out_")
+    assert {p.name.split("-")[0] for p in folders[0].glob("*.nbi")} >= {
+        "startup_reuse._loss", "startup_reuse._loss_grad"}
+    # a fresh process imports the installed module: its first calls load, nothing compiles
+    run = subprocess.run([sys.executable, "-c", FIRST_CALL, str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    for name, stats in result["stats"].items():
+        assert stats["misses"] == 0 and stats["hits"] >= 1, (name, stats)
+        assert Path(stats["path"]) == folders[0], (name, stats)
+    module = codegen.load_module(path)  # and in this process, the same numbers
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, *module.INPUT_SHAPE))
+    Y = rng.normal(size=(4, *module.TARGET_SHAPE))
+    assert module.loss_and_grad(module.init_params(3), X, Y)[0] == result["value"]
+    assert module.loss(module.init_params(3), X, Y) == result["loss"]
+    sys.modules.pop("startup_reuse", None)
+
+
+def test_regenerating_an_installed_module_checks_it_in_place_without_compiling(
+        tmp_path, numba_cache):
+    d = _derivation("startup_again")
+    out = tmp_path / "out"
+    path = codegen.generate(d, out)
+    report = (out / "startup_again.check.json").read_bytes()
+    mtime = path.stat().st_mtime_ns
+    with _Compiles("startup_again") as compiles:
+        assert codegen.generate(d, out) == path
+    assert compiles.names == []  # loaded from the installed file's cache
+    assert path.stat().st_mtime_ns == mtime
+    assert (out / "startup_again.check.json").read_bytes() == report
+    assert "startup_again" not in sys.modules
+
+
+@pytest.mark.parametrize("installed_before", [False, True])
+def test_a_failed_check_installs_and_caches_nothing(installed_before, tmp_path, numba_cache,
+                                                    private_tmp, monkeypatch):
+    d = _derivation("startup_bad")
+    bad = gen.render_module(d) + DOUBLED
+    out = tmp_path / "out"
+    monkeypatch.setattr(gen, "render_module", lambda _: bad)
+    if installed_before:  # the same text already installed, unchecked: it is checked in place
+        codegen.generate(d, out, verify=False)
+        module = codegen.load_module(out / "startup_bad.py")
+        module.loss(module.init_params(0), np.ones((2, 3)), np.ones(2))  # fills its cache
+        assert any(numba_cache.rglob("startup_bad._loss-*.nbi"))
+        sys.modules.pop("startup_bad")
+    with pytest.raises(codegen.VerificationError):
+        codegen.generate(d, out)
+    assert not out.exists() or list(out.iterdir()) == []
+    assert list(numba_cache.rglob("*.nb*")) == []  # no cache entry for any copy of it
+    assert list(private_tmp.iterdir()) == []
+    assert "startup_bad" not in sys.modules
+
+
+def test_a_name_taken_by_another_module_is_checked_under_a_private_name(tmp_path, numba_cache):
+    """The compiled code records its module's name; when that name is taken by a module that is
+    not a generated one, the check runs under another name and nothing is saved for reuse."""
+    d = _derivation("startup_taken")
+    placeholder = types.ModuleType("startup_taken")
+    sys.modules["startup_taken"] = placeholder
+    try:
+        path = codegen.generate(d, tmp_path / "out")
+        assert sys.modules["startup_taken"] is placeholder
+    finally:
+        sys.modules.pop("startup_taken", None)
+    assert path.exists() and json.loads(path.with_suffix(".check.json").read_text())["ok"]
+    assert list(numba_cache.rglob("*.nb*")) == []
+
+
+def test_check_leaves_nothing_in_numba_cache(tmp_path, numba_cache, private_tmp):
+    report = codegen.check_text(gen.render_module(_derivation("startup_check")),
+                                _derivation("startup_check"))
+    assert report.ok, report.table()
+    assert list(numba_cache.iterdir()) == [] and list(private_tmp.iterdir()) == []
