@@ -67,6 +67,9 @@ class Impl:
     # True for Numba implementations: the memory probe reports their Numba NRT
     # allocation counts (meaningless for NumPy/torch/JAX, which allocate elsewhere)
     nrt: bool = False
+    # True when all its buffers come from NumPy, Numba NRT or Python objects, so that
+    # tracemalloc sees every byte (not torch's or XLA's allocators)
+    traced: bool = False
 
 
 REGISTRY: dict[str, Impl] = {}
@@ -81,31 +84,33 @@ SUBJECT = "symgrad"
 
 def register(name: str, train: TrainFn, *, supports=None, prepare=None, version=None,
              loss_is_last_batch: bool = True, note: str = "", replace: bool = True,
-             nrt: bool = False) -> Impl:
+             nrt: bool = False, traced: bool = False) -> Impl:
     """Add (or replace) an implementation; returns its :class:`Impl` record."""
     if name in REGISTRY and not replace:
         raise KeyError(f"implementation {name!r} already registered")
     impl = Impl(name=name, train=train, supports=supports or (lambda w: True), prepare=prepare,
-                version=version, loss_is_last_batch=loss_is_last_batch, note=note, nrt=nrt)
+                version=version, loss_is_last_batch=loss_is_last_batch, note=note, nrt=nrt,
+                traced=traced)
     REGISTRY[name] = impl
     return impl
 
 
 def register_module(name: str, module: str, *, attr: str = "train", supports_attr: str = "supports",
                     prepare_attr: str = "prepare", package: str | None = None, note: str = "",
-                    loss_is_last_batch: bool = True, nrt: bool = False) -> Impl:
+                    loss_is_last_batch: bool = True, nrt: bool = False, traced: bool = False) -> Impl:
     """Register ``module.attr``; the module may define ``AVAILABLE``/``UNAVAILABLE_REASON``,
     ``supports(workload) -> bool``, ``prepare(workload, data)`` and ``version()``."""
     try:
         mod = importlib.import_module(module, package)
     except Exception as exc:  # ImportError, or a broken optional dependency
         impl = Impl(name=name, train=None, available=False, reason=f"import failed: {exc!r}",
-                    note=note, nrt=nrt)
+                    note=note, nrt=nrt, traced=traced)
         REGISTRY[name] = impl
         return impl
     if not getattr(mod, "AVAILABLE", True):
         impl = Impl(name=name, train=None, available=False,
-                    reason=getattr(mod, "UNAVAILABLE_REASON", "unavailable"), note=note, nrt=nrt)
+                    reason=getattr(mod, "UNAVAILABLE_REASON", "unavailable"), note=note, nrt=nrt,
+                    traced=traced)
         REGISTRY[name] = impl
         return impl
     supports = getattr(mod, supports_attr, None)
@@ -119,6 +124,7 @@ def register_module(name: str, module: str, *, attr: str = "train", supports_att
         loss_is_last_batch=loss_is_last_batch,
         note=note,
         nrt=nrt,
+        traced=traced,
     )
 
 
@@ -132,12 +138,13 @@ def register_defaults() -> None:
     prefix = "." if pkg else ""
     # fit's history is the epoch-mean loss, not the last step's: only the full-data loss is checked
     register_module(SUBJECT, prefix + "impl_symgrad", package=pkg, loss_is_last_batch=False,
-                    nrt=True, note="symgrad-generated module: spec -> derive -> generate -> fit")
-    register_module("numba-dot", prefix + "ref_numba_dot", package=pkg, nrt=True,
+                    nrt=True, traced=True,
+                    note="symgrad-generated module: spec -> derive -> generate -> fit")
+    register_module(BASELINE, prefix + "ref_numba_dot", package=pkg, nrt=True, traced=True,
                     note="hand-written Numba, np.dot (BLAS), one njit call")
-    register_module(LOOPS, prefix + "ref_numba_loops", package=pkg, nrt=True,
+    register_module(LOOPS, prefix + "ref_numba_loops", package=pkg, nrt=True, traced=True,
                     note="hand-written Numba, explicit loops, W1/W2 only")
-    register_module("numpy", prefix + "ref_numpy", package=pkg, note="plain NumPy")
+    register_module("numpy", prefix + "ref_numpy", package=pkg, traced=True, note="plain NumPy")
     register_module("torch", prefix + "ref_torch", package=pkg, note="eager PyTorch + torch.optim")
     register_module("jax", prefix + "ref_jax", package=pkg, note="jax.jit of the whole loop (fori_loop)")
 

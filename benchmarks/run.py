@@ -2,13 +2,17 @@
 
     python benchmarks/run.py [--workloads W1,W2] [--repeats 5] [--out benchmarks/RESULTS.md]
                              [--quick] [--impls numba-dot,torch] [--plugin my.module]
+                             [--no-memory] [--threads 1]
 
 Per workload: each available implementation is called once to compile/warm up
 (its first-call time is reported separately), then ``--repeats`` interleaved
-timed rounds (A B C A B C ...).  Reported: median and min-max wall time, ratio to
-the Numba np.dot reference, GFLOP/s (W3-W6) next to a float32 GEMM peak measured
-in the same run, and a correctness check: every implementation's loss must match
-the reference within 1e-3 relative (``FAIL`` otherwise; exit status 1).
+timed rounds (A B C A B C ...).  Reported: median and min-max wall time, ratios to
+the Numba np.dot reference (and to the explicit-loop one on W1/W2), GFLOP/s
+(W3-W6) next to a float32 GEMM peak measured in the same run, a correctness check
+(every implementation's loss must match the reference within 1e-3 relative:
+``FAIL`` otherwise, exit status 1), the peak memory of one training run per
+implementation, each in a fresh process (``memprobe.py``; ``--no-memory`` skips
+it), and the issue's performance targets for symgrad, met or not.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # `python benchmarks/run.py` from anywhere
     sys.path.insert(0, str(_ROOT))
 
-from benchmarks import registry  # noqa: E402
+from benchmarks import memprobe, registry  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     WORKLOADS,
     Workload,
@@ -185,6 +189,7 @@ class Result:
     param_diff: float = math.nan
     ok: bool = True
     warn: bool = False  # last-step loss differs by more than RTOL (full-data loss agrees)
+    mem: dict | None = None  # memprobe.measure()'s result
 
     @property
     def median(self) -> float:
@@ -306,11 +311,25 @@ def _fmt_t_s(t: float) -> str:
     return "—" if math.isnan(t) else f"{t:.4f}" if t < 1 else f"{t:.3f}"
 
 
+def _median_of(results: dict[str, Result], name: str) -> float:
+    r = results.get(name)
+    return r.median if r is not None and not r.error else math.nan
+
+
+def peak_of(peak: dict[str, float]) -> tuple[str, float]:
+    """The highest of the GEMM figures measured: the peak the GFLOP/s are compared with."""
+    if not peak:
+        return "", 0.0
+    name = max(peak, key=peak.get)
+    return name, peak[name]
+
+
 def workload_table(w: Workload, results: dict[str, Result], ref_name: str, peak: float) -> list[str]:
     total_flop = flops_per_sample(w) * w.samples_processed
     show_gflops = w.loss == "ce"
-    base = results.get(registry.BASELINE)
-    base_med = base.median if base and not base.error else math.nan
+    base_med = _median_of(results, registry.BASELINE)
+    loops_med = _median_of(results, registry.LOOPS)
+    show_loops = loops_med == loops_med
     lines = [
         f"### {w.name}: {w.description}",
         "",
@@ -319,19 +338,24 @@ def workload_table(w: Workload, results: dict[str, Result], ref_name: str, peak:
         + (f", {flops_per_sample(w)} FLOP/sample, {total_flop / 1e9:.3f} GFLOP per run" if show_gflops else ""),
         "",
         "| implementation | first call (s) | median (s) | min–max (s) | × numba-dot | "
+        + ("× numba-loops | " if show_loops else "")
         + ("GFLOP/s | % of GEMM peak | " if show_gflops else "")
         + "last-step loss | rel. diff | full-data loss (f64) | rel. diff | max param diff | check |",
-        "|---|---:|---:|---:|---:|" + ("---:|---:|" if show_gflops else "") + "---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|" + ("---:|" if show_loops else "") + ("---:|---:|" if show_gflops else "")
+        + "---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results.items():
         if r.error:
-            lines.append(f"| {name} | — | — | — | — |" + (" — | — |" if show_gflops else "")
+            lines.append(f"| {name} | — | — | — | — |" + (" — |" if show_loops else "")
+                         + (" — | — |" if show_gflops else "")
                          + f" — | — | — | — | — | ERROR: {r.error[:80]} |")
             continue
         med = r.median
-        ratio = med / base_med if base_med == base_med and med == med else math.nan
-        mm = f"{_fmt_t_s(min(r.times))}–{_fmt_t_s(max(r.times))}" if r.times else "—"
-        cells = [name, _fmt_t_s(r.first_s), _fmt_t_s(med), mm, "—" if math.isnan(ratio) else f"{ratio:.2f}"]
+        cells = [name, _fmt_t_s(r.first_s), _fmt_t_s(med),
+                 f"{_fmt_t_s(min(r.times))}–{_fmt_t_s(max(r.times))}" if r.times else "—",
+                 _fmt_ratio(med / base_med)]
+        if show_loops:
+            cells.append(_fmt_ratio(med / loops_med))
         if show_gflops:
             gf = total_flop / med / 1e9 if med == med else math.nan
             cells += [f"{gf:.2f}", f"{100 * gf / peak:.1f}%" if peak else "—"]
@@ -349,11 +373,19 @@ def workload_table(w: Workload, results: dict[str, Result], ref_name: str, peak:
     return lines
 
 
-def summary_table(all_results: dict[str, dict[str, Result]], impl_names: list[str]) -> list[str]:
+def _fmt_ratio(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.2f}"
+
+
+def summary_table(all_results: dict[str, dict[str, Result]], impl_names: list[str],
+                  against: str = registry.BASELINE) -> list[str]:
+    """Median and ratio to ``against`` per workload (rows without ``against`` are left out
+    unless it is the baseline)."""
     lines = ["| workload | " + " | ".join(impl_names) + " |", "|---|" + "---:|" * len(impl_names)]
     for wname, results in all_results.items():
-        base = results.get(registry.BASELINE)
-        bm = base.median if base and not base.error else math.nan
+        bm = _median_of(results, against)
+        if bm != bm and against != registry.BASELINE:
+            continue
         cells = []
         for n in impl_names:
             r = results.get(n)
@@ -368,6 +400,179 @@ def summary_table(all_results: dict[str, dict[str, Result]], impl_names: list[st
                 cells.append(f"{_fmt_t(r.median)} ({ratio:.2f}×){tag}" if ratio == ratio else f"{_fmt_t(r.median)}{tag}")
         lines.append(f"| {wname} | " + " | ".join(cells) + " |")
     lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# memory
+
+
+def _kib(x) -> str:
+    if x is None:
+        return "—"
+    return f"{x / 1024:.1f} MiB" if x >= 1024 else f"{x:.0f} KiB"
+
+
+def _bytes(x) -> str:
+    return "—" if x is None else _kib(x / 1024)
+
+
+def traced_peak(r: Result | None, impl: registry.Impl | None) -> float | None:
+    """The exact traced peak of a training call, when tracemalloc sees all of it."""
+    if r is None or not r.mem or "error" in r.mem or impl is None or not impl.traced:
+        return None
+    return r.mem.get("traced_peak_bytes")
+
+
+def memory_table(results: dict[str, Result], impls: dict[str, registry.Impl]) -> list[str]:
+    base = results.get(registry.BASELINE)
+    base_tr = traced_peak(base, impls.get(registry.BASELINE))
+    base_rss = base.mem.get("rss_growth_kib") if base and base.mem and "error" not in base.mem else None
+    lines = [
+        "Peak memory of one training call (fresh process per implementation, after a warm-up "
+        "call; see README \"Memory\"):",
+        "",
+        "| implementation | traced peak (NumPy + NRT + Python) | × numba-dot | peak RSS growth "
+        "(median of 3) | × numba-dot | process peak RSS before the call | NRT allocations: "
+        "run / run of 2× steps |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in results.items():
+        m = r.mem
+        if not m:
+            continue
+        if "error" in m:
+            lines.append(f"| {name} | — | — | — | — | — | ERROR: {m['error'][:80]} |")
+            continue
+        tr = traced_peak(r, impls.get(name))
+        tr_cell = _bytes(tr) if tr is not None else \
+            f"n/a ({_bytes(m.get('traced_peak_bytes'))} seen; its allocator is not traced)"
+        rss = m.get("rss_growth_kib")
+        nrt = "—"
+        if m.get("nrt_allocs") is not None and m.get("nrt_allocs_2x") is not None:
+            a, b = m["nrt_allocs"], m["nrt_allocs_2x"]
+            nrt = f"{a} ({m['steps']} steps) / {b} ({m['steps_2x']} steps)" + \
+                ("" if a == b else f": {(b - a) / (m['steps_2x'] - m['steps']):.1f} per step")
+        cells = [name, tr_cell,
+                 _fmt_ratio(tr / base_tr) if tr is not None and base_tr else "—",
+                 _kib(rss) + (f" ({m['why']})" if m.get("why") else ""),
+                 _fmt_ratio(rss / base_rss) if rss is not None and base_rss else "—",
+                 _kib(m.get("process_peak_kib")), nrt]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# targets (issue "Performance"): symgrad against the references, from this run's medians
+
+SPEED_TARGETS = [  # (workloads, other implementation, required speed-up other/symgrad)
+    (("W1", "W2"), registry.LOOPS, 1.0),
+    (("W1", "W2"), "jax", 4.0),
+    (("W1", "W2"), "torch", 100.0),
+    (("W3",), "jax", 2.0),
+    (("W3",), "torch", 5.0),
+    (("W4", "W5", "W6"), "jax", 1.0),
+    (("W4", "W5", "W6"), "torch", 1.5),
+]
+PEAK_TARGETS = {"W6": 0.65}  # fraction of the float32 GEMM peak measured in the same run
+MEMORY_TARGET = 1.2  # symgrad's traced peak / numba-dot's, every workload
+
+
+@dataclass
+class TargetRow:
+    workload: str
+    target: str
+    measured: str
+    required: str
+    status: str  # "met" | "NOT met" | "not measured"
+    note: str = ""
+
+
+def _speed_row(wname, results, other, required) -> TargetRow:
+    subj = registry.SUBJECT
+    what = (f"no slower than {other}" if required == 1.0 and other == registry.LOOPS
+            else f"at least as fast as {other}" if required == 1.0 else f"≥ {required:g}× faster than {other}")
+    row = TargetRow(wname, what, "—", f"≥ {required:.2f}×", "not measured")
+    s, o = results.get(subj), results.get(other)
+    if s is None or s.error:
+        row.note = f"{subj} " + ("did not run" if s is None else "failed")
+        return row
+    if o is None or o.error:
+        row.note = f"{other} " + ("did not run (not installed or not selected)" if o is None else "failed")
+        return row
+    speedup = o.median / s.median
+    row.measured = f"{speedup:.2f}× ({_fmt_t(o.median)} vs {_fmt_t(s.median)})"
+    if not o.ok:
+        row.note = f"{other} failed the loss check"
+        return row
+    row.status = "met" if speedup >= required and s.ok else "NOT met"
+    if not s.ok:
+        row.note = f"{subj} failed the loss check"
+    return row
+
+
+def target_rows(workloads: dict[str, Workload], all_results: dict[str, dict[str, Result]],
+                impls: dict[str, registry.Impl], peak: tuple[str, float], memory: bool) -> list[TargetRow]:
+    subj = registry.SUBJECT
+    rows: list[TargetRow] = []
+    for wname, results in all_results.items():
+        for names, other, required in SPEED_TARGETS:
+            if wname in names:
+                rows.append(_speed_row(wname, results, other, required))
+        if wname in PEAK_TARGETS:
+            need = PEAK_TARGETS[wname]
+            row = TargetRow(wname, "fraction of the float32 GEMM peak", "—", f"≥ {100 * need:.0f}%",
+                            "not measured")
+            s, w = results.get(subj), workloads[wname]
+            if s is None or s.error:
+                row.note = f"{subj} did not run"
+            elif not peak[1]:
+                row.note = "no GEMM peak measured"
+            else:
+                gf = flops_per_sample(w) * w.samples_processed / s.median / 1e9
+                frac = gf / peak[1]
+                row.measured = f"{100 * frac:.1f}% ({gf:.1f} of {peak[1]:.1f} GFLOP/s, {peak[0]})"
+                row.status = "met" if frac >= need and s.ok else "NOT met"
+                row.note = "" if s.ok else f"{subj} failed the loss check"
+            rows.append(row)
+        s, b = results.get(subj), results.get(registry.BASELINE)
+        row = TargetRow(wname, "peak memory of a training call vs numba-dot (traced)", "—",
+                        f"≤ {MEMORY_TARGET:.2f}×", "not measured")
+        st, bt = traced_peak(s, impls.get(subj)), traced_peak(b, impls.get(registry.BASELINE))
+        if not memory:
+            row.note = "--no-memory"
+        elif st is None or not bt:
+            row.note = "no memory figure for " + (subj if st is None else registry.BASELINE)
+        else:
+            row.measured = f"{st / bt:.2f}× ({_bytes(st)} vs {_bytes(bt)})"
+            row.status = "met" if st <= MEMORY_TARGET * bt else "NOT met"
+        rows.append(row)
+        row = TargetRow(wname, "no allocation per step (Numba NRT allocations)", "—",
+                        "same count for 2× steps", "not measured")
+        m = s.mem if s is not None else None
+        if not memory:
+            row.note = "--no-memory"
+        elif not m or m.get("nrt_allocs") is None or m.get("nrt_allocs_2x") is None:
+            row.note = f"no NRT count for {subj}" + (f": {m['error']}" if m and "error" in m else "")
+        else:
+            a, b2 = m["nrt_allocs"], m["nrt_allocs_2x"]
+            per = (b2 - a) / (m["steps_2x"] - m["steps"])
+            row.measured = f"{a} in {m['steps']} steps, {b2} in {m['steps_2x']} ({per:.1f} per step)"
+            row.status = "met" if a == b2 else "NOT met"
+        rows.append(row)
+    return rows
+
+
+def targets_table(rows: list[TargetRow]) -> list[str]:
+    lines = ["| workload | target | measured | required | status |", "|---|---|---:|---:|---|"]
+    for r in rows:
+        st = {"met": "met", "NOT met": "**NOT met**"}.get(r.status, r.status)
+        lines.append(f"| {r.workload} | {r.target} | {r.measured} | {r.required} | {st}"
+                     + (f" ({r.note})" if r.note else "") + " |")
+    n_met = sum(r.status == "met" for r in rows)
+    n_not = sum(r.status == "NOT met" for r in rows)
+    lines += ["", f"{n_met} met, {n_not} not met, {len(rows) - n_met - n_not} not measured.", ""]
     return lines
 
 
@@ -392,6 +597,9 @@ def parse_args(argv=None):
     ap.add_argument("--pause", type=float, default=0.3,
                     help="idle seconds before every timed call so other libraries' spinning "
                          "BLAS/OpenMP threads go to sleep (default 0.3)")
+    ap.add_argument("--no-memory", dest="memory", action="store_false",
+                    help="skip the peak-memory probes (one fresh process per implementation "
+                         "and workload, after the timings; a few minutes in a full run)")
     return ap.parse_args(argv)
 
 
@@ -429,11 +637,15 @@ def main(argv=None) -> int:
     log("float32 GEMM peak (GFLOP/s, %d^3): " % args.gemm_size
         + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()))
 
+    peak_name, peak_val = peak_of(peak)
+    impls_by_name = {i.name: i for i in impl_list}
     all_results: dict[str, dict[str, Result]] = {}
+    workloads: dict[str, Workload] = {}
     sections: list[str] = []
     any_fail = False
     for wname in [s.strip() for s in args.workloads.split(",") if s.strip()]:
         w = get_workload(wname, quick=args.quick)
+        workloads[w.name] = w
         impls = [i for i in impl_list if i.available and i.supports(w)]
         log(f"\n== {w.name}: {w.description}  (steps={w.steps}, N={w.n_samples}) ==")
         results = bench_workload(w, impls, repeats, log, pause=args.pause)
@@ -449,10 +661,27 @@ def main(argv=None) -> int:
                     f"loss {r.loss:.6g} / full-data {r.eval_loss:.6g} vs {ref_name} "
                     f"{results[ref_name].loss:.6g} / {results[ref_name].eval_loss:.6g} "
                     f"(rel {r.rel_loss:.1e} / {r.rel_eval:.1e}, tol {w.loss_rtol:g})"))
+        if args.memory:
+            for name, r in results.items():
+                if r.error:
+                    continue
+                t = time.perf_counter()
+                r.mem = memprobe.measure(wname, name, quick=args.quick, plugins=args.plugin,
+                                         threads=args.threads)
+                m = r.mem
+                log(f"  memory {name:<12} " + (f"ERROR {m['error']}" if "error" in m else
+                    f"traced peak {_bytes(m.get('traced_peak_bytes'))}, RSS growth "
+                    f"{_kib(m.get('rss_growth_kib'))}"
+                    + (f", NRT allocations {m['nrt_allocs']} / {m['nrt_allocs_2x']} (2x steps)"
+                       if m.get("nrt_allocs_2x") is not None else "")
+                    + f"  [{time.perf_counter() - t:.1f} s]"))
         all_results[w.name] = results
-        sections += workload_table(w, results, ref_name, peak.get("np.dot", 0.0))
+        table = workload_table(w, results, ref_name, peak_val)
+        if args.memory:
+            table += memory_table(results, impls_by_name)
+        sections += table
         log("")
-        log("\n".join(sections[-(len(results) + 7):]))
+        log("\n".join(table))
     elapsed = time.perf_counter() - t_start
     try:
         info["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
@@ -461,14 +690,20 @@ def main(argv=None) -> int:
     info["threads"] = str(args.threads) if args.threads else f"library defaults ({os.cpu_count()} cores)"
 
     impl_names = [i.name for i in impl_list if i.available]
+    rows = target_rows(workloads, all_results, impls_by_name, (peak_name, peak_val), args.memory)
+    quick_note = ("**QUICK run: shortened workloads (fewer samples/steps), so these are NOT the "
+                  "figures the targets are about.**") if args.quick else ""
     md = [
         "# symgrad benchmark results" + (" (QUICK smoke run: shortened workloads)" if args.quick else ""),
         "",
         f"Command: `python benchmarks/run.py {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`  ",
         f"{repeats} interleaved timed rounds per workload after one warm-up/compile call, "
         f"{args.pause:g} s idle before every call; "
-        f"times are wall-clock seconds for the whole training run; ratio = median / numba-dot median; "
-        f"loss check: full-data loss within {RTOL:g} relative of the reference (per-workload tolerance in each section; W4 5e-3, see README); total harness time {elapsed:.0f} s.",
+        f"times are wall-clock seconds for the whole training run; ratio = median / numba-dot median "
+        f"(W1, W2 also / numba-loops median); "
+        f"loss check: full-data loss within {RTOL:g} relative of the reference (per-workload tolerance in each section; W4 5e-3, see README); "
+        f"GFLOP/s are compared with the highest GEMM figure measured ({peak_name} {peak_val:.1f} GFLOP/s); "
+        f"total harness time {elapsed:.0f} s.",
         "",
         "## Machine",
         "",
@@ -482,8 +717,21 @@ def main(argv=None) -> int:
     skipped = [i for i in impl_list if not i.available]
     if skipped:
         md += ["Skipped: " + "; ".join(f"{i.name} ({i.reason})" for i in skipped), ""]
+    md += ["## Targets", "",
+           f"{registry.SUBJECT} (the generated module) against the targets of the issue "
+           "\"Performance\", from this run's medians: speed-up = other median / "
+           f"{registry.SUBJECT} median; GEMM fraction = {registry.SUBJECT}'s GFLOP/s "
+           f"(4·d·h + 6·h·k FLOPs per sample) / {peak_name} peak; memory = traced peak of one "
+           "training call (exact: NumPy, Numba NRT and Python allocations; see README \"Memory\"); "
+           "allocation = Numba NRT allocations of a run and of a run of twice as many steps.", ""]
+    if quick_note:
+        md += [quick_note, ""]
+    md += targets_table(rows)
     md += ["## Summary (median seconds, ratio to numba-dot)", ""]
     md += summary_table(all_results, impl_names)
+    if any(_median_of(r, registry.LOOPS) == _median_of(r, registry.LOOPS) for r in all_results.values()):
+        md += ["Ratio to the explicit-loop Numba reference (numba-loops, W1 and W2):", ""]
+        md += summary_table(all_results, impl_names, against=registry.LOOPS)
     md += ["## Per workload", ""] + sections
     md += ["Overall: " + ("**FAIL** (see the check column)" if any_fail else
                           "all implementations agree (full-data loss within the tolerance)"), "",
@@ -492,6 +740,8 @@ def main(argv=None) -> int:
            "\"Agreement\").", ""]
     text = "\n".join(md)
     log("\n" + "\n".join(summary_table(all_results, impl_names)))
+    log("Targets" + (" (QUICK run: shortened workloads)" if args.quick else "") + ":")
+    log("\n".join(targets_table(rows)))
     log(f"total harness time {elapsed:.1f} s")
     if out != "-":
         Path(out).write_text(text)
