@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from symbolic import Spec, derive  # noqa: E402
 
 
-def mlp(width: int, hidden: list[int], classes: int = 10) -> Spec:
+def mlp(width: int, hidden: list[int], classes: int = 10, name: str = "mlp") -> Spec:
+    """A ReLU network width → hidden… → classes with softmax cross-entropy."""
     sizes = [width, *hidden, classes]
     params, model, prev = {}, {}, "x"
     for i in range(1, len(sizes)):
@@ -33,7 +34,7 @@ def mlp(width: int, hidden: list[int], classes: int = 10) -> Spec:
         line = f"W{i} @ {prev} + b{i}"
         model[name] = line if last else f"relu({line})"
         prev = name
-    return Spec.build(name="mlp", inputs={"x": width}, targets={"y": {"classes": classes}},
+    return Spec.build(name=name, inputs={"x": width}, targets={"y": {"classes": classes}},
                       params=params, model=model, loss="softmax_cross_entropy(z, y)")
 
 

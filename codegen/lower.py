@@ -2,9 +2,13 @@
 
 Three compiled functions are printed from the same steps:
 
-* ``_forward``   — the forward steps up to the prediction (the last model line);
-* ``_loss``      — every forward step, then the batch loss;
-* ``_loss_grad`` — every forward step, the batch loss, then every backward step.
+* ``_forward`` — the forward steps up to the prediction (the last model line), array code;
+* ``_loss``    — every forward step, then the batch loss, array code;
+* ``_step``    — the training kernel: every forward and backward step as explicit loops over
+  preallocated buffers (BLAS for large matrix products); see :mod:`codegen.kernel`.
+
+``_loss`` and ``_step`` are independent printings of the same steps, so the finite-difference
+check (which compares ``loss`` with the gradients of ``_step``) also cross-checks the two.
 
 Inside one function, shared subexpressions are computed once:
 
@@ -32,6 +36,7 @@ from symbolic.functions import (
     Elu, Gelu, LogSumExp, Sigmoid, Softmax, Softplus, UserFunction,
 )
 
+from .kernel import Buffer, kernel
 from .printers import CodegenError, FormulaPrinter, NumbaPrinter, display_name
 
 HOISTABLE = (sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, Sigmoid, Softplus, LogSumExp, Softmax,
@@ -68,6 +73,7 @@ class ParamText:
     init: str  # the init_params expression
     init_note: str  # the init rule, for the comment
     grad: str  # name of the gradient variable
+    l2: str  # the L2 coefficient of its gradient ("0.0" when not regularized)
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,13 @@ class ModuleText:
     forward: tuple[Block, ...]
     forward_result: str
     loss: tuple[Block, ...]
-    grad: tuple[Block, ...]
     batch_loss: str
-    grads: str  # "grad_W1, grad_b1, ..."
+    kernel: tuple[str, ...]  # the body of _step (see codegen.kernel)
+    kernel_loss: str
+    buffers: tuple[Buffer, ...]
+    buffer_names: str  # "z1, a, ..." (a 1-tuple ends with a comma)
+    grad_buffers: tuple[Buffer, ...]
+    grad_names: str
     prediction_is_scalar: str  # "True" / "False"
     target_prologue: str  # how Y becomes the target inside compiled code
 
@@ -143,16 +153,21 @@ class _Lowerer:
         self.used_names.add(name)
         return name
 
-    def function(self, steps: list[Step]) -> tuple[list[Block], NumbaPrinter]:
-        """Print ``steps`` as one compiled function's body, sharing subexpressions."""
-        d = self.d
+    def shared(self, steps: list[Step]) -> list[sp.Expr]:
+        """The steps' expressions, each reusing the values of earlier steps it contains."""
         exprs: list[sp.Expr] = []
         known: dict[sp.Expr, sp.Symbol] = {}
         for step in steps:
             expr = step.expr.xreplace(known)
             if not expr.is_Symbol and not expr.is_number and step.role != "grad":
-                known.setdefault(step.expr, d.symbol(step.name))
+                known.setdefault(step.expr, self.d.symbol(step.name))
             exprs.append(_expand_user(expr))
+        return exprs
+
+    def function(self, steps: list[Step]) -> tuple[list[Block], NumbaPrinter]:
+        """Print ``steps`` as one compiled function's body, sharing subexpressions."""
+        d = self.d
+        exprs = self.shared(steps)
 
         counts: dict[sp.Expr, int] = {}
         softmax_args = set()
@@ -186,11 +201,8 @@ class _Lowerer:
                         printer.lse[arg.xreplace(defined)] = sym.name
             body = expr.xreplace(defined)
             target = d.symbol(step.name)
-            if step.role == "grad":
-                lines.extend(self.grad_lines(printer, step, body))
-            else:
-                self.declare(printer, target, body)
-                lines.append(f"{step.name} = {printer.statement(body)}")
+            self.declare(printer, target, body)
+            lines.append(f"{step.name} = {printer.statement(body)}")
             blocks.append(Block(f"({self.numbers[step.name]})", self.formula(step), tuple(lines)))
         self.used_names = saved_used  # temporaries are local to one function
         return blocks, printer
@@ -199,20 +211,6 @@ class _Lowerer:
         printer.shapes[sym] = shape_of(value, printer.shapes)
         if printer.is_batched(value):
             printer.batched_symbols.add(sym)
-
-    def grad_lines(self, printer: NumbaPrinter, step: Step, body: sp.Expr) -> list[str]:
-        param = self.d.spec.param(step.of)
-        name = step.name
-        shape = param.shape if param.shape else (1,)
-        if body == 0:
-            mean = f"np.zeros({shape!r}, X.dtype)"
-        else:
-            mean = printer.batch_mean(body)
-            if not param.shape:
-                mean = f"np.full(1, {mean})"
-        if step.of in self.d.l2_params:
-            mean = f"{mean} + _F({self.d.spec.l2!r})*{step.of}"
-        return [f"{name} = {mean}"]
 
 
 def _init(p, fan_in: int, fan_out: int) -> tuple[str, str]:
@@ -237,6 +235,11 @@ def _init(p, fan_in: int, fan_out: int) -> tuple[str, str]:
     return f"np.asarray(rng.normal(0.0, 0.01, {shape}), dtype)", f"{p.init}: N(0, 0.01²)"
 
 
+def _names(buffers: tuple[Buffer, ...]) -> str:
+    text = ", ".join(b.name for b in buffers)
+    return text + "," if len(buffers) == 1 else text
+
+
 def lower(d: Derivation, source: str) -> ModuleText:
     """All strings of the generated module for derivation ``d`` (``source``: the spec path)."""
     spec = d.spec
@@ -249,7 +252,10 @@ def lower(d: Derivation, source: str) -> ModuleText:
                                f"predictions cannot depend on targets")
     forward, fprinter = low.function(d.forward[:pred_index + 1])
     loss, _ = low.function(d.forward)
-    grad, _ = low.function([*d.forward, *d.backward])
+    steps = [*d.forward, *d.backward]
+    kern = kernel(d, list(zip(steps, low.shared(steps))),
+                  {s.name: f"({low.numbers[s.name]})" for s in steps},
+                  {s.name: low.formula(s) for s in steps})
 
     params = []
     for p in spec.params:
@@ -258,12 +264,15 @@ def lower(d: Derivation, source: str) -> ModuleText:
         init, note = _init(p, fan_in, fan_out)
         arg = p.name if p.shape else f"_{p.name}"
         params.append(ParamText(p.name, arg, f"{p.name} = _{p.name}[0]" if not p.shape else "",
-                                repr(tuple(p.shape)), init, note, f"grad_{p.name}"))
+                                repr(tuple(p.shape)), init, note, f"grad_{p.name}",
+                                repr(float(spec.l2) if p.name in d.l2_params else 0.0)))
 
-    batch_loss = "np.sum(loss)*inv_n"
+    loss_name = d.forward[-1].name
+    batch_loss, kernel_loss = f"np.sum({loss_name})*inv_n", "_total/n"
     if d.l2_params:
         squares = " + ".join(f"_sumsq({name})" for name in d.l2_params)
         batch_loss += f" + _F({spec.l2 / 2!r})*({squares})"
+        kernel_loss += f" + {spec.l2 / 2!r}*({squares})"
 
     train = spec.train
     train_text = (f"{{'optimizer': {train.optimizer!r}, 'lr': {train.lr!r}, "
@@ -293,9 +302,13 @@ def lower(d: Derivation, source: str) -> ModuleText:
         forward=tuple(forward),
         forward_result=d.prediction,
         loss=tuple(loss),
-        grad=tuple(grad),
         batch_loss=batch_loss,
-        grads=", ".join(p.grad for p in params) + ("," if len(params) == 1 else ""),
+        kernel=kern.lines,
+        kernel_loss=kernel_loss,
+        buffers=kern.buffers,
+        buffer_names=_names(kern.buffers),
+        grad_buffers=kern.grads,
+        grad_names=_names(kern.grads),
         prediction_is_scalar=repr(d.values[d.prediction].shape == ()),
         target_prologue=f"{spec.target_name} = Y",
     )

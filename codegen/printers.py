@@ -29,8 +29,8 @@ from sympy.printing.str import StrPrinter
 
 from symbolic.derive import shape_of
 from symbolic.functions import (
-    Broadcast, Clip, Elu, Gelu, Huber, LeakyRelu, LogSumExp, MatProd, OneHot, Outer, Pick, Relu,
-    Sigmoid, Softmax, Softplus, Step, SumAll, Transposed, UserFunction, gelu_body,
+    Broadcast, Clip, Elu, Gelu, Huber, LeakyRelu, LogSumExp, MatProd, Outer, Relu, Sigmoid, Softmax,
+    Softplus, Step, Transposed, UserFunction, gelu_body,
 )
 
 Shape = tuple[int, ...]
@@ -339,48 +339,6 @@ class NumbaPrinter(NumPyPrinter):
                 raise CodegenError(f"cannot batch the per-sample matrix {expr}")
             return f"{self.helper('_spread')}({self._print(s)}, {shape[0]})"
         return f"{self.np('full')}({shape!r}, {self._print(s)})"
-
-    # -------------------------------------------------- batch sums (gradients)
-    def batch_mean(self, expr: sp.Expr, scale: str = "inv_n") -> str:
-        """(1/n) Σ over the batch of a per-sample expression: a parameter gradient.
-
-        ``scale`` (the name holding 1/n) is applied where it is cheapest: to the (B, m) factor
-        of a batch outer product before the matrix product, not to the (m, k) result. The
-        result is always a new array.
-        """
-        shape = self.shape(expr)
-        if not self.is_batched(expr):  # the same for every sample: the mean is the value
-            return f"{self.parenthesize(expr, PRECEDENCE['Mul'])}*(n*{scale})"
-        if expr.is_Add:
-            return " + ".join(self.batch_mean(a, scale) for a in expr.args)
-        if expr.is_Mul:
-            fixed = [f for f in expr.args if not self.is_batched(f)]
-            varying = [f for f in expr.args if self.is_batched(f)]
-            if fixed and len(varying) == 1:
-                inner = self.batch_mean(varying[0], scale)
-                return f"{self.parenthesize(sp.Mul(*fixed), PRECEDENCE['Mul'])}*({inner})"
-        if isinstance(expr, Transposed) and isinstance(expr.args[0], Outer):
-            a, b = expr.args[0].args
-            return self.batch_mean(Outer(b, a), scale)
-        if isinstance(expr, Outer):
-            a, b = expr.args
-            ba, bb = self.is_batched(a), self.is_batched(b)
-            if ba and bb:  # (1/n) Σ_i a_i b_iᵀ = (A/n)ᵀ B: one matrix product over the batch
-                return f"({self.parenthesize(a, PRECEDENCE['Mul'])}*{scale}).T @ {self.atom(b)}"
-            if ba:
-                return (f"{self.np('outer')}({self.np('sum')}({self._print(a)}, axis=0)*{scale}, "
-                        f"{self._print(b)})")
-            return (f"{self.np('outer')}({self._print(a)}, "
-                    f"{self.np('sum')}({self._print(b)}, axis=0)*{scale})")
-        if isinstance(expr, Broadcast):
-            s, *dims = expr.args
-            shape = tuple(int(d) for d in dims)
-            return f"{self.np('full')}({shape!r}, {self.np('sum')}({self._print(s)})*{scale})"
-        if len(shape) == 1:
-            return f"{self.np('sum')}({self._print(expr)}, axis=0)*{scale}"
-        if shape == ():
-            return f"{self.np('sum')}({self._print(expr)})*{scale}"
-        raise CodegenError(f"cannot sum the per-sample matrix {expr} over the batch")
 
 
 # ----------------------------------------------------------------------------- formulas

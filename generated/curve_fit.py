@@ -137,30 +137,69 @@ def _loss(_a, _k, _c, X, Y):
 
 
 @njit(cache=True, error_model="numpy")
-def _loss_grad(_a, _k, _c, X, Y):
+def _buffers(rows, like):
+    """One buffer per value of the training kernel, for batches of up to ``rows`` samples."""
+    return (
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _gradients(like):
+    """One gradient array per parameter (a scalar's as shape (1,))."""
+    return (
+        np.empty((1,), like.dtype),  # grad_a
+        np.empty((1,), like.dtype),  # grad_k
+        np.empty((1,), like.dtype),  # grad_c
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _step(_a, _k, _c, X, Y, _grads, _bufs):
+    """Forward and backward pass over the batch (X, Y); returns the batch loss.
+
+    _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
+    and _mean scale them. Explicit loops over the samples into the buffers _bufs (see
+    _buffers), BLAS for large matrix products; nothing is allocated.
+    """
     _F = X.dtype.type
     n = X.shape[0]
-    inv_n = _F(1.0/n)
+    _one = _F(1)
+    _zero = _F(0)
     a = _a[0]
     k = _k[0]
     c = _c[0]
-    t = X
-    y = Y
-    # (1) yhat = a·exp(−k·t) + c
-    exp_yhat = np.exp(-k*t)
-    yhat = a*exp_yhat + c
-    # (2) loss = (−y + yhat)²
-    loss = (-y + yhat)**2
-    # (3) δ_yhat = 2·(−y + yhat)
-    delta_yhat = 2*(-y + yhat)
-    # (4) ∂L/∂a = δ_yhat·exp(−k·t)   (mean over the batch)
-    grad_a = np.full(1, np.sum(delta_yhat*exp_yhat)*inv_n)
-    # (5) ∂L/∂k = −a·δ_yhat·t·exp(−k·t)   (mean over the batch)
-    grad_k = np.full(1, np.sum(-a*delta_yhat*exp_yhat*t)*inv_n)
-    # (6) ∂L/∂c = δ_yhat   (mean over the batch)
-    grad_c = np.full(1, np.sum(delta_yhat)*inv_n)
-    _batch_loss = np.sum(loss)*inv_n
-    return _batch_loss, (grad_a, grad_k, grad_c)
+    (grad_a, grad_k, grad_c) = _grads
+    grad_a[:] = 0
+    grad_k[:] = 0
+    grad_c[:] = 0
+    _total = 0.0
+    for _i in range(n):
+        # (1) yhat = a·exp(−k·t) + c
+        yhat = c + a*np.exp(-k*X[_i, 0])
+        # (2) loss = (−y + yhat)²
+        loss = (yhat - Y[_i, 0])**2
+        _total += loss
+        # (3) δ_yhat = 2·(−y + yhat)
+        delta_yhat = _F(2)*yhat + (_F(-2))*Y[_i, 0]
+        # (4) ∂L/∂a = δ_yhat·exp(−k·t)   (mean over the batch)
+        for _j0 in range(1):
+            grad_a[_j0] += delta_yhat*np.exp(-k*X[_i, 0])
+            # (5) ∂L/∂k = −a·δ_yhat·t·exp(−k·t)   (mean over the batch)
+            grad_k[_j0] += -a*X[_i, 0]*delta_yhat*np.exp(-k*X[_i, 0])
+            # (6) ∂L/∂c = δ_yhat   (mean over the batch)
+            grad_c[_j0] += delta_yhat
+    return _total/n
+
+
+@njit(cache=True, error_model="numpy")
+def _loss_grad(_a, _k, _c, X, Y):
+    """The batch loss and its gradients (buffers allocated for this call)."""
+    _grads = _gradients(X)
+    _value = _step(_a, _k, _c, X, Y, _grads, _buffers(X.shape[0], X))
+    _mean(_grads[0], _a, 1.0 / X.shape[0], 0.0)
+    _mean(_grads[1], _k, 1.0 / X.shape[0], 0.0)
+    _mean(_grads[2], _c, 1.0 / X.shape[0], 0.0)
+    return _value, _grads
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -262,10 +301,13 @@ def _sumsq(a):
 
 
 @njit(cache=True, error_model="numpy")
-def _epoch_order(n, seed, epoch):
-    """The permutation of range(n) for one epoch: Fisher-Yates driven by splitmix64(seed, epoch)."""
+def _shuffle_into(order, seed, epoch):
+    """order ← the permutation of range(len(order)) for one epoch: Fisher-Yates driven by
+    splitmix64(seed, epoch)."""
+    n = order.shape[0]
+    for i in range(n):
+        order[i] = i
     state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch)
-    order = np.arange(n)
     for i in range(n - 1, 0, -1):
         state += np.uint64(0x9E3779B97F4A7C15)
         z = state
@@ -274,6 +316,13 @@ def _epoch_order(n, seed, epoch):
         z = z ^ (z >> np.uint64(31))
         j = np.int64(z % np.uint64(i + 1))
         order[i], order[j] = order[j], order[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _epoch_order(n, seed, epoch):
+    """The permutation of range(n) used in one epoch (see _shuffle_into)."""
+    order = np.empty(n, np.int64)
+    _shuffle_into(order, seed, epoch)
     return order
 
 
@@ -281,35 +330,39 @@ epoch_order = _epoch_order
 
 
 @njit(cache=True, error_model="numpy")
-def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
+def _update(pf, gf, mf, vf, scale, l2, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
     """One optimizer step on one flattened parameter, in place (see fit for the equations).
 
+    gf is the batch *sum* of the per-sample gradients (as _step leaves it); the gradient used is
+    scale·g + l2·θ (scale = 1/batch size), formed here in the same loop as the update.
     Arithmetic runs in the parameters' dtype (so float32 loops vectorize). Adam uses the
     equivalent form of Kingma & Ba's §2: θ ← θ − lr_t·m/(√v + ε̂) with lr_t = lr·√(1 − β2ᵗ)/(1 − β1ᵗ)
     and ε̂ = ε·√(1 − β2ᵗ).
     """
     T = pf.dtype.type
-    gf = g.reshape(g.size)
     one = T(1)
+    s, c = T(scale), T(l2)
     if opt <= 1:  # gd, sgd
         a = T(lr)
         for i in range(pf.size):
-            pf[i] -= a * gf[i]
+            pf[i] -= a * (s * gf[i] + c * pf[i])
     elif opt == 2:  # momentum
         a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = m_ * mf[i] + gf[i]
+            mf[i] = m_ * mf[i] + (s * gf[i] + c * pf[i])
             pf[i] -= a * mf[i]
     elif opt == 3:  # nesterov
         a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = m_ * mf[i] + gf[i]
-            pf[i] -= a * (gf[i] + m_ * mf[i])
+            gi = s * gf[i] + c * pf[i]
+            mf[i] = m_ * mf[i] + gi
+            pf[i] -= a * (gi + m_ * mf[i])
     elif opt == 4:  # rmsprop
         a, r, e = T(lr), T(rho), T(eps)
         for i in range(pf.size):
-            vf[i] = r * vf[i] + (one - r) * gf[i] * gf[i]
-            pf[i] -= a * gf[i] / (np.sqrt(vf[i]) + e)
+            gi = s * gf[i] + c * pf[i]
+            vf[i] = r * vf[i] + (one - r) * gi * gi
+            pf[i] -= a * gi / (np.sqrt(vf[i]) + e)
     else:  # adam, adamw
         c2 = math.sqrt(1.0 - beta2 ** t)
         a = T(lr * c2 / (1.0 - beta1 ** t))
@@ -317,9 +370,20 @@ def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
         b1, b2 = T(beta1), T(beta2)
         d = T(lr * wd) if opt == 6 else T(0)
         for i in range(pf.size):
-            mf[i] = b1 * mf[i] + (one - b1) * gf[i]
-            vf[i] = b2 * vf[i] + (one - b2) * gf[i] * gf[i]
+            gi = s * gf[i] + c * pf[i]
+            mf[i] = b1 * mf[i] + (one - b1) * gi
+            vf[i] = b2 * vf[i] + (one - b2) * gi * gi
             pf[i] -= a * mf[i] / (np.sqrt(vf[i]) + e) + d * pf[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _mean(g, p, scale, l2):
+    """g ← scale·g + l2·p in place: a batch sum of gradients made the mean (plus L2)."""
+    gf = g.reshape(g.size)
+    pf = p.reshape(p.size)
+    s, c = gf.dtype.type(scale), gf.dtype.type(l2)
+    for i in range(gf.size):
+        gf[i] = s * gf[i] + c * pf[i]
 
 
 @njit(cache=True, error_model="numpy")
@@ -345,48 +409,47 @@ def _fit_epochs(_a, _k, _c,
     _n = X.shape[0]
     _full = _opt == 0 or _batch_size <= 0 or _batch_size >= _n
     _bs = _n if _full else _batch_size
-    _rows = 0 if _full else _bs
-    _last = 0 if _full else _n % _bs
-    # minibatch buffers, allocated once: full minibatches and the last, smaller one
-    _Xb = np.empty((_rows, X.shape[1]), X.dtype)
-    _Yb = np.empty((_rows,) + Y.shape[1:], Y.dtype)
-    _Xl = np.empty((_last, X.shape[1]), X.dtype)
-    _Yl = np.empty((_last,) + Y.shape[1:], Y.dtype)
+    # buffers allocated once: a gathered minibatch, the kernel's values, the gradients
+    _gathered = _shuffle and not _full
+    _Xb = np.empty((_bs if _gathered else 0, X.shape[1]), X.dtype)
+    _Yb = np.empty((_bs if _gathered else 0,) + Y.shape[1:], Y.dtype)
+    _bufs = _buffers(_bs, X)
+    _grads = _gradients(X)
     _order = np.arange(_n)
     # flat views of the parameters and moments, updated in place
     _flat_a = _a.reshape(_a.size)
+    _flat_g_a = _grads[0].reshape(_grads[0].size)
     _flat_m_a = _m_a.reshape(_m_a.size)
     _flat_v_a = _v_a.reshape(_v_a.size)
     _flat_k = _k.reshape(_k.size)
+    _flat_g_k = _grads[1].reshape(_grads[1].size)
     _flat_m_k = _m_k.reshape(_m_k.size)
     _flat_v_k = _v_k.reshape(_v_k.size)
     _flat_c = _c.reshape(_c.size)
+    _flat_g_c = _grads[2].reshape(_grads[2].size)
     _flat_m_c = _m_c.reshape(_m_c.size)
     _flat_v_c = _v_c.reshape(_v_c.size)
     for _epoch in range(_epoch0, _epoch1):
-        if _shuffle and not _full:
-            _order = _epoch_order(_n, _seed, _epoch)
+        if _gathered:
+            _shuffle_into(_order, _seed, _epoch)
         _total = 0.0
         _start = 0
         while _start < _n:
             _size = min(_bs, _n - _start)
-            if _full:
-                _value, _grads = _loss_grad(_a, _k, _c, X, Y)
-            elif _size == _bs:
-                _gather(X, _order, _start, _Xb)
-                _gather(Y, _order, _start, _Yb)
-                _value, _grads = _loss_grad(_a, _k, _c, _Xb, _Yb)
+            if _gathered:
+                _gather(X, _order, _start, _Xb[:_size])
+                _gather(Y, _order, _start, _Yb[:_size])
+                _value = _step(_a, _k, _c, _Xb[:_size], _Yb[:_size], _grads, _bufs)
             else:
-                _gather(X, _order, _start, _Xl)
-                _gather(Y, _order, _start, _Yl)
-                _value, _grads = _loss_grad(_a, _k, _c, _Xl, _Yl)
+                _value = _step(_a, _k, _c, X[_start:_start + _size], Y[_start:_start + _size],
+                               _grads, _bufs)
             _t += 1
-            _update(_flat_a, _grads[0], _flat_m_a, _flat_v_a,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_k, _grads[1], _flat_m_k, _flat_v_k,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_c, _grads[2], _flat_m_c, _flat_v_c,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_a, _flat_g_a, _flat_m_a, _flat_v_a,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_k, _flat_g_k, _flat_m_k, _flat_v_k,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_c, _flat_g_c, _flat_m_c, _flat_v_c,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
             _total += _value * _size
             _start += _size
         _history[_epoch - _epoch0] = _total / _n

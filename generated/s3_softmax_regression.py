@@ -129,25 +129,75 @@ def _loss(W, b, X, Y):
 
 
 @njit(cache=True, error_model="numpy")
-def _loss_grad(W, b, X, Y):
+def _buffers(rows, like):
+    """One buffer per value of the training kernel, for batches of up to ``rows`` samples."""
+    return (
+        np.empty((rows, 10), like.dtype),  # z
+        np.empty((rows, 10), like.dtype),  # delta_z
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _gradients(like):
+    """One gradient array per parameter (a scalar's as shape (1,))."""
+    return (
+        np.empty((10, 784,), like.dtype),  # grad_W
+        np.empty((10,), like.dtype),  # grad_b
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _step(W, b, X, Y, _grads, _bufs):
+    """Forward and backward pass over the batch (X, Y); returns the batch loss.
+
+    _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
+    and _mean scale them. Explicit loops over the samples into the buffers _bufs (see
+    _buffers), BLAS for large matrix products; nothing is allocated.
+    """
     _F = X.dtype.type
     n = X.shape[0]
-    inv_n = _F(1.0/n)
-    x = X
-    y = Y
+    _one = _F(1)
+    _zero = _F(0)
+    (grad_W, grad_b) = _grads
+    (z, delta_z) = _bufs
+    grad_b[:] = 0
+    _total = 0.0
     # (1) z = b + W x
-    z = b + x @ W.T
-    # (2) loss = logsumexp(z) − y·z
-    logsumexp_z = _logsumexp(z)
-    loss = logsumexp_z - _rowdot(y, z)
-    # (3) δ_z = −y + softmax(z)
-    delta_z = -y + np.exp(z - logsumexp_z)
+    np.dot(X, W.T, z[:n])
+    for _i in range(n):
+        for _j0 in range(10):
+            z[_i, _j0] = b[_j0] + z[_i, _j0]
+        _s1 = _F(0)
+        for _r in range(10):
+            _s1 += Y[_i, _r]*z[_i, _r]
+        _s2 = z[_i, 0]
+        for _r0 in range(1, 10):
+            _s2 = max(_s2, z[_i, _r0])
+        _s2_sum = _F(0)
+        for _r0 in range(10):
+            _s2_sum += np.exp(z[_i, _r0] - _s2)
+        _s2 = _s2 + np.log(_s2_sum)
+        # (2) loss = logsumexp(z) − y·z
+        loss = -_s1 + _s2
+        _total += loss
+        # (3) δ_z = −y + softmax(z)
+        for _j0 in range(10):
+            delta_z[_i, _j0] = -Y[_i, _j0] + np.exp(z[_i, _j0] - _s2)
+            # (5) ∂L/∂b = δ_z   (mean over the batch)
+            grad_b[_j0] += delta_z[_i, _j0]
     # (4) ∂L/∂W = δ_z xᵀ   (mean over the batch)
-    grad_W = (delta_z*inv_n).T @ x
-    # (5) ∂L/∂b = δ_z   (mean over the batch)
-    grad_b = np.sum(delta_z, axis=0)*inv_n
-    _batch_loss = np.sum(loss)*inv_n
-    return _batch_loss, (grad_W, grad_b)
+    np.dot(delta_z[:n].T, X, grad_W)
+    return _total/n
+
+
+@njit(cache=True, error_model="numpy")
+def _loss_grad(W, b, X, Y):
+    """The batch loss and its gradients (buffers allocated for this call)."""
+    _grads = _gradients(X)
+    _value = _step(W, b, X, Y, _grads, _buffers(X.shape[0], X))
+    _mean(_grads[0], W, 1.0 / X.shape[0], 0.0)
+    _mean(_grads[1], b, 1.0 / X.shape[0], 0.0)
+    return _value, _grads
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -249,10 +299,13 @@ def _sumsq(a):
 
 
 @njit(cache=True, error_model="numpy")
-def _epoch_order(n, seed, epoch):
-    """The permutation of range(n) for one epoch: Fisher-Yates driven by splitmix64(seed, epoch)."""
+def _shuffle_into(order, seed, epoch):
+    """order ← the permutation of range(len(order)) for one epoch: Fisher-Yates driven by
+    splitmix64(seed, epoch)."""
+    n = order.shape[0]
+    for i in range(n):
+        order[i] = i
     state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch)
-    order = np.arange(n)
     for i in range(n - 1, 0, -1):
         state += np.uint64(0x9E3779B97F4A7C15)
         z = state
@@ -261,6 +314,13 @@ def _epoch_order(n, seed, epoch):
         z = z ^ (z >> np.uint64(31))
         j = np.int64(z % np.uint64(i + 1))
         order[i], order[j] = order[j], order[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _epoch_order(n, seed, epoch):
+    """The permutation of range(n) used in one epoch (see _shuffle_into)."""
+    order = np.empty(n, np.int64)
+    _shuffle_into(order, seed, epoch)
     return order
 
 
@@ -268,35 +328,39 @@ epoch_order = _epoch_order
 
 
 @njit(cache=True, error_model="numpy")
-def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
+def _update(pf, gf, mf, vf, scale, l2, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
     """One optimizer step on one flattened parameter, in place (see fit for the equations).
 
+    gf is the batch *sum* of the per-sample gradients (as _step leaves it); the gradient used is
+    scale·g + l2·θ (scale = 1/batch size), formed here in the same loop as the update.
     Arithmetic runs in the parameters' dtype (so float32 loops vectorize). Adam uses the
     equivalent form of Kingma & Ba's §2: θ ← θ − lr_t·m/(√v + ε̂) with lr_t = lr·√(1 − β2ᵗ)/(1 − β1ᵗ)
     and ε̂ = ε·√(1 − β2ᵗ).
     """
     T = pf.dtype.type
-    gf = g.reshape(g.size)
     one = T(1)
+    s, c = T(scale), T(l2)
     if opt <= 1:  # gd, sgd
         a = T(lr)
         for i in range(pf.size):
-            pf[i] -= a * gf[i]
+            pf[i] -= a * (s * gf[i] + c * pf[i])
     elif opt == 2:  # momentum
         a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = m_ * mf[i] + gf[i]
+            mf[i] = m_ * mf[i] + (s * gf[i] + c * pf[i])
             pf[i] -= a * mf[i]
     elif opt == 3:  # nesterov
         a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = m_ * mf[i] + gf[i]
-            pf[i] -= a * (gf[i] + m_ * mf[i])
+            gi = s * gf[i] + c * pf[i]
+            mf[i] = m_ * mf[i] + gi
+            pf[i] -= a * (gi + m_ * mf[i])
     elif opt == 4:  # rmsprop
         a, r, e = T(lr), T(rho), T(eps)
         for i in range(pf.size):
-            vf[i] = r * vf[i] + (one - r) * gf[i] * gf[i]
-            pf[i] -= a * gf[i] / (np.sqrt(vf[i]) + e)
+            gi = s * gf[i] + c * pf[i]
+            vf[i] = r * vf[i] + (one - r) * gi * gi
+            pf[i] -= a * gi / (np.sqrt(vf[i]) + e)
     else:  # adam, adamw
         c2 = math.sqrt(1.0 - beta2 ** t)
         a = T(lr * c2 / (1.0 - beta1 ** t))
@@ -304,9 +368,20 @@ def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
         b1, b2 = T(beta1), T(beta2)
         d = T(lr * wd) if opt == 6 else T(0)
         for i in range(pf.size):
-            mf[i] = b1 * mf[i] + (one - b1) * gf[i]
-            vf[i] = b2 * vf[i] + (one - b2) * gf[i] * gf[i]
+            gi = s * gf[i] + c * pf[i]
+            mf[i] = b1 * mf[i] + (one - b1) * gi
+            vf[i] = b2 * vf[i] + (one - b2) * gi * gi
             pf[i] -= a * mf[i] / (np.sqrt(vf[i]) + e) + d * pf[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _mean(g, p, scale, l2):
+    """g ← scale·g + l2·p in place: a batch sum of gradients made the mean (plus L2)."""
+    gf = g.reshape(g.size)
+    pf = p.reshape(p.size)
+    s, c = gf.dtype.type(scale), gf.dtype.type(l2)
+    for i in range(gf.size):
+        gf[i] = s * gf[i] + c * pf[i]
 
 
 @njit(cache=True, error_model="numpy")
@@ -331,43 +406,41 @@ def _fit_epochs(W, b,
     _n = X.shape[0]
     _full = _opt == 0 or _batch_size <= 0 or _batch_size >= _n
     _bs = _n if _full else _batch_size
-    _rows = 0 if _full else _bs
-    _last = 0 if _full else _n % _bs
-    # minibatch buffers, allocated once: full minibatches and the last, smaller one
-    _Xb = np.empty((_rows, X.shape[1]), X.dtype)
-    _Yb = np.empty((_rows,) + Y.shape[1:], Y.dtype)
-    _Xl = np.empty((_last, X.shape[1]), X.dtype)
-    _Yl = np.empty((_last,) + Y.shape[1:], Y.dtype)
+    # buffers allocated once: a gathered minibatch, the kernel's values, the gradients
+    _gathered = _shuffle and not _full
+    _Xb = np.empty((_bs if _gathered else 0, X.shape[1]), X.dtype)
+    _Yb = np.empty((_bs if _gathered else 0,) + Y.shape[1:], Y.dtype)
+    _bufs = _buffers(_bs, X)
+    _grads = _gradients(X)
     _order = np.arange(_n)
     # flat views of the parameters and moments, updated in place
     _flat_W = W.reshape(W.size)
+    _flat_g_W = _grads[0].reshape(_grads[0].size)
     _flat_m_W = _m_W.reshape(_m_W.size)
     _flat_v_W = _v_W.reshape(_v_W.size)
     _flat_b = b.reshape(b.size)
+    _flat_g_b = _grads[1].reshape(_grads[1].size)
     _flat_m_b = _m_b.reshape(_m_b.size)
     _flat_v_b = _v_b.reshape(_v_b.size)
     for _epoch in range(_epoch0, _epoch1):
-        if _shuffle and not _full:
-            _order = _epoch_order(_n, _seed, _epoch)
+        if _gathered:
+            _shuffle_into(_order, _seed, _epoch)
         _total = 0.0
         _start = 0
         while _start < _n:
             _size = min(_bs, _n - _start)
-            if _full:
-                _value, _grads = _loss_grad(W, b, X, Y)
-            elif _size == _bs:
-                _gather(X, _order, _start, _Xb)
-                _gather(Y, _order, _start, _Yb)
-                _value, _grads = _loss_grad(W, b, _Xb, _Yb)
+            if _gathered:
+                _gather(X, _order, _start, _Xb[:_size])
+                _gather(Y, _order, _start, _Yb[:_size])
+                _value = _step(W, b, _Xb[:_size], _Yb[:_size], _grads, _bufs)
             else:
-                _gather(X, _order, _start, _Xl)
-                _gather(Y, _order, _start, _Yl)
-                _value, _grads = _loss_grad(W, b, _Xl, _Yl)
+                _value = _step(W, b, X[_start:_start + _size], Y[_start:_start + _size],
+                               _grads, _bufs)
             _t += 1
-            _update(_flat_W, _grads[0], _flat_m_W, _flat_v_W,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_b, _grads[1], _flat_m_b, _flat_v_b,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_W, _flat_g_W, _flat_m_W, _flat_v_W,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_b, _flat_g_b, _flat_m_b, _flat_v_b,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
             _total += _value * _size
             _start += _size
         _history[_epoch - _epoch0] = _total / _n

@@ -143,38 +143,104 @@ def _loss(W1, b1, W2, b2, X, Y):
 
 
 @njit(cache=True, error_model="numpy")
-def _loss_grad(W1, b1, W2, b2, X, Y):
+def _buffers(rows, like):
+    """One buffer per value of the training kernel, for batches of up to ``rows`` samples."""
+    return (
+        np.empty((rows, 32), like.dtype),  # z1
+        np.empty((rows, 32), like.dtype),  # h
+        np.empty((rows, 10), like.dtype),  # z
+        np.empty((rows, 10), like.dtype),  # delta_z
+        np.empty((rows, 32), like.dtype),  # delta_z1
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _gradients(like):
+    """One gradient array per parameter (a scalar's as shape (1,))."""
+    return (
+        np.empty((32, 64,), like.dtype),  # grad_W1
+        np.empty((32,), like.dtype),  # grad_b1
+        np.empty((10, 32,), like.dtype),  # grad_W2
+        np.empty((10,), like.dtype),  # grad_b2
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
+    """Forward and backward pass over the batch (X, Y); returns the batch loss.
+
+    _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
+    and _mean scale them. Explicit loops over the samples into the buffers _bufs (see
+    _buffers), BLAS for large matrix products; nothing is allocated.
+    """
     _F = X.dtype.type
     n = X.shape[0]
-    inv_n = _F(1.0/n)
-    x = X
-    y = Y
+    _one = _F(1)
+    _zero = _F(0)
+    (grad_W1, grad_b1, grad_W2, grad_b2) = _grads
+    (z1, h, z, delta_z, delta_z1) = _bufs
+    grad_W2[:] = 0
+    grad_b2[:] = 0
+    grad_b1[:] = 0
+    _total = 0.0
     # (1) z1 = b1 + W1 x
-    z1 = b1 + x @ W1.T
-    # (2) h = swish(z1)
-    sigmoid_z1 = 1/(1 + np.exp(-z1))
-    h = sigmoid_z1*z1
-    # (3) z = b2 + W2 h
-    z = b2 + h @ W2.T
-    # (4) loss = logsumexp(z) − z[y]
-    logsumexp_z = _logsumexp(z)
-    loss = logsumexp_z - _pick(z, y)
-    # (5) δ_z = −onehot(y) + softmax(z)
-    delta_z = -_onehot(y, 10, X) + np.exp(z - logsumexp_z)
-    # (6) ∂L/∂W2 = δ_z hᵀ   (mean over the batch)
-    grad_W2 = (delta_z*inv_n).T @ h
-    # (7) ∂L/∂b2 = δ_z   (mean over the batch)
-    grad_b2 = np.sum(delta_z, axis=0)*inv_n
-    # (8) δ_h = W2ᵀ δ_z
-    delta_h = delta_z @ W2
-    # (9) δ_z1 = δ_h ⊙ (−z1 ⊙ σ(z1) + z1 + 1) ⊙ σ(z1)
-    delta_z1 = delta_h*sigmoid_z1*(-sigmoid_z1*z1 + z1 + 1)
+    np.dot(X, W1.T, z1[:n])
+    for _i in range(n):
+        for _j0 in range(32):
+            z1[_i, _j0] = b1[_j0] + z1[_i, _j0]
+            # (2) h = swish(z1)
+            h[_i, _j0] = z1[_i, _j0]*(1/(1 + np.exp(-z1[_i, _j0])))
+        # (3) z = b2 + W2 h
+        for _j0 in range(10):
+            _acc = _F(0)
+            for _r in range(32):
+                _acc += W2[_j0, _r]*h[_i, _r]
+            z[_i, _j0] = _acc + b2[_j0]
+        _s2 = z[_i, 0]
+        for _r0 in range(1, 10):
+            _s2 = max(_s2, z[_i, _r0])
+        _s2_sum = _F(0)
+        for _r0 in range(10):
+            _s2_sum += np.exp(z[_i, _r0] - _s2)
+        _s2 = _s2 + np.log(_s2_sum)
+        # (4) loss = logsumexp(z) − z[y]
+        loss = -z[_i, Y[_i]] + _s2
+        _total += loss
+        # (5) δ_z = −onehot(y) + softmax(z)
+        for _j0 in range(10):
+            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + np.exp(z[_i, _j0] - _s2)
+            # (6) ∂L/∂W2 = δ_z hᵀ   (mean over the batch)
+            _d = delta_z[_i, _j0]
+            if _d != 0:
+                for _j1 in range(32):
+                    grad_W2[_j0, _j1] += _d*h[_i, _j1]
+            # (7) ∂L/∂b2 = δ_z   (mean over the batch)
+            grad_b2[_j0] += delta_z[_i, _j0]
+        # (8) δ_h = W2ᵀ δ_z
+        for _j0 in range(32):
+            _acc = _F(0)
+            for _r in range(10):
+                _acc += W2[_r, _j0]*delta_z[_i, _r]
+            delta_h = _acc
+            # (9) δ_z1 = δ_h ⊙ (−z1 ⊙ σ(z1) + z1 + 1) ⊙ σ(z1)
+            delta_z1[_i, _j0] = delta_h*(-z1[_i, _j0]*(1/(1 + np.exp(-z1[_i, _j0]))) + z1[_i, _j0] + _F(1))*(1/(1 + np.exp(-z1[_i, _j0])))
+            # (11) ∂L/∂b1 = δ_z1   (mean over the batch)
+            grad_b1[_j0] += delta_z1[_i, _j0]
     # (10) ∂L/∂W1 = δ_z1 xᵀ   (mean over the batch)
-    grad_W1 = (delta_z1*inv_n).T @ x
-    # (11) ∂L/∂b1 = δ_z1   (mean over the batch)
-    grad_b1 = np.sum(delta_z1, axis=0)*inv_n
-    _batch_loss = np.sum(loss)*inv_n
-    return _batch_loss, (grad_W1, grad_b1, grad_W2, grad_b2)
+    np.dot(delta_z1[:n].T, X, grad_W1)
+    return _total/n
+
+
+@njit(cache=True, error_model="numpy")
+def _loss_grad(W1, b1, W2, b2, X, Y):
+    """The batch loss and its gradients (buffers allocated for this call)."""
+    _grads = _gradients(X)
+    _value = _step(W1, b1, W2, b2, X, Y, _grads, _buffers(X.shape[0], X))
+    _mean(_grads[0], W1, 1.0 / X.shape[0], 0.0)
+    _mean(_grads[1], b1, 1.0 / X.shape[0], 0.0)
+    _mean(_grads[2], W2, 1.0 / X.shape[0], 0.0)
+    _mean(_grads[3], b2, 1.0 / X.shape[0], 0.0)
+    return _value, _grads
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -276,10 +342,13 @@ def _sumsq(a):
 
 
 @njit(cache=True, error_model="numpy")
-def _epoch_order(n, seed, epoch):
-    """The permutation of range(n) for one epoch: Fisher-Yates driven by splitmix64(seed, epoch)."""
+def _shuffle_into(order, seed, epoch):
+    """order ← the permutation of range(len(order)) for one epoch: Fisher-Yates driven by
+    splitmix64(seed, epoch)."""
+    n = order.shape[0]
+    for i in range(n):
+        order[i] = i
     state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch)
-    order = np.arange(n)
     for i in range(n - 1, 0, -1):
         state += np.uint64(0x9E3779B97F4A7C15)
         z = state
@@ -288,6 +357,13 @@ def _epoch_order(n, seed, epoch):
         z = z ^ (z >> np.uint64(31))
         j = np.int64(z % np.uint64(i + 1))
         order[i], order[j] = order[j], order[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _epoch_order(n, seed, epoch):
+    """The permutation of range(n) used in one epoch (see _shuffle_into)."""
+    order = np.empty(n, np.int64)
+    _shuffle_into(order, seed, epoch)
     return order
 
 
@@ -295,35 +371,39 @@ epoch_order = _epoch_order
 
 
 @njit(cache=True, error_model="numpy")
-def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
+def _update(pf, gf, mf, vf, scale, l2, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
     """One optimizer step on one flattened parameter, in place (see fit for the equations).
 
+    gf is the batch *sum* of the per-sample gradients (as _step leaves it); the gradient used is
+    scale·g + l2·θ (scale = 1/batch size), formed here in the same loop as the update.
     Arithmetic runs in the parameters' dtype (so float32 loops vectorize). Adam uses the
     equivalent form of Kingma & Ba's §2: θ ← θ − lr_t·m/(√v + ε̂) with lr_t = lr·√(1 − β2ᵗ)/(1 − β1ᵗ)
     and ε̂ = ε·√(1 − β2ᵗ).
     """
     T = pf.dtype.type
-    gf = g.reshape(g.size)
     one = T(1)
+    s, c = T(scale), T(l2)
     if opt <= 1:  # gd, sgd
         a = T(lr)
         for i in range(pf.size):
-            pf[i] -= a * gf[i]
+            pf[i] -= a * (s * gf[i] + c * pf[i])
     elif opt == 2:  # momentum
         a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = m_ * mf[i] + gf[i]
+            mf[i] = m_ * mf[i] + (s * gf[i] + c * pf[i])
             pf[i] -= a * mf[i]
     elif opt == 3:  # nesterov
         a, m_ = T(lr), T(mu)
         for i in range(pf.size):
-            mf[i] = m_ * mf[i] + gf[i]
-            pf[i] -= a * (gf[i] + m_ * mf[i])
+            gi = s * gf[i] + c * pf[i]
+            mf[i] = m_ * mf[i] + gi
+            pf[i] -= a * (gi + m_ * mf[i])
     elif opt == 4:  # rmsprop
         a, r, e = T(lr), T(rho), T(eps)
         for i in range(pf.size):
-            vf[i] = r * vf[i] + (one - r) * gf[i] * gf[i]
-            pf[i] -= a * gf[i] / (np.sqrt(vf[i]) + e)
+            gi = s * gf[i] + c * pf[i]
+            vf[i] = r * vf[i] + (one - r) * gi * gi
+            pf[i] -= a * gi / (np.sqrt(vf[i]) + e)
     else:  # adam, adamw
         c2 = math.sqrt(1.0 - beta2 ** t)
         a = T(lr * c2 / (1.0 - beta1 ** t))
@@ -331,9 +411,20 @@ def _update(pf, g, mf, vf, opt, lr, mu, beta1, beta2, eps, rho, wd, t):
         b1, b2 = T(beta1), T(beta2)
         d = T(lr * wd) if opt == 6 else T(0)
         for i in range(pf.size):
-            mf[i] = b1 * mf[i] + (one - b1) * gf[i]
-            vf[i] = b2 * vf[i] + (one - b2) * gf[i] * gf[i]
+            gi = s * gf[i] + c * pf[i]
+            mf[i] = b1 * mf[i] + (one - b1) * gi
+            vf[i] = b2 * vf[i] + (one - b2) * gi * gi
             pf[i] -= a * mf[i] / (np.sqrt(vf[i]) + e) + d * pf[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _mean(g, p, scale, l2):
+    """g ← scale·g + l2·p in place: a batch sum of gradients made the mean (plus L2)."""
+    gf = g.reshape(g.size)
+    pf = p.reshape(p.size)
+    s, c = gf.dtype.type(scale), gf.dtype.type(l2)
+    for i in range(gf.size):
+        gf[i] = s * gf[i] + c * pf[i]
 
 
 @njit(cache=True, error_model="numpy")
@@ -360,53 +451,53 @@ def _fit_epochs(W1, b1, W2, b2,
     _n = X.shape[0]
     _full = _opt == 0 or _batch_size <= 0 or _batch_size >= _n
     _bs = _n if _full else _batch_size
-    _rows = 0 if _full else _bs
-    _last = 0 if _full else _n % _bs
-    # minibatch buffers, allocated once: full minibatches and the last, smaller one
-    _Xb = np.empty((_rows, X.shape[1]), X.dtype)
-    _Yb = np.empty((_rows,) + Y.shape[1:], Y.dtype)
-    _Xl = np.empty((_last, X.shape[1]), X.dtype)
-    _Yl = np.empty((_last,) + Y.shape[1:], Y.dtype)
+    # buffers allocated once: a gathered minibatch, the kernel's values, the gradients
+    _gathered = _shuffle and not _full
+    _Xb = np.empty((_bs if _gathered else 0, X.shape[1]), X.dtype)
+    _Yb = np.empty((_bs if _gathered else 0,) + Y.shape[1:], Y.dtype)
+    _bufs = _buffers(_bs, X)
+    _grads = _gradients(X)
     _order = np.arange(_n)
     # flat views of the parameters and moments, updated in place
     _flat_W1 = W1.reshape(W1.size)
+    _flat_g_W1 = _grads[0].reshape(_grads[0].size)
     _flat_m_W1 = _m_W1.reshape(_m_W1.size)
     _flat_v_W1 = _v_W1.reshape(_v_W1.size)
     _flat_b1 = b1.reshape(b1.size)
+    _flat_g_b1 = _grads[1].reshape(_grads[1].size)
     _flat_m_b1 = _m_b1.reshape(_m_b1.size)
     _flat_v_b1 = _v_b1.reshape(_v_b1.size)
     _flat_W2 = W2.reshape(W2.size)
+    _flat_g_W2 = _grads[2].reshape(_grads[2].size)
     _flat_m_W2 = _m_W2.reshape(_m_W2.size)
     _flat_v_W2 = _v_W2.reshape(_v_W2.size)
     _flat_b2 = b2.reshape(b2.size)
+    _flat_g_b2 = _grads[3].reshape(_grads[3].size)
     _flat_m_b2 = _m_b2.reshape(_m_b2.size)
     _flat_v_b2 = _v_b2.reshape(_v_b2.size)
     for _epoch in range(_epoch0, _epoch1):
-        if _shuffle and not _full:
-            _order = _epoch_order(_n, _seed, _epoch)
+        if _gathered:
+            _shuffle_into(_order, _seed, _epoch)
         _total = 0.0
         _start = 0
         while _start < _n:
             _size = min(_bs, _n - _start)
-            if _full:
-                _value, _grads = _loss_grad(W1, b1, W2, b2, X, Y)
-            elif _size == _bs:
-                _gather(X, _order, _start, _Xb)
-                _gather(Y, _order, _start, _Yb)
-                _value, _grads = _loss_grad(W1, b1, W2, b2, _Xb, _Yb)
+            if _gathered:
+                _gather(X, _order, _start, _Xb[:_size])
+                _gather(Y, _order, _start, _Yb[:_size])
+                _value = _step(W1, b1, W2, b2, _Xb[:_size], _Yb[:_size], _grads, _bufs)
             else:
-                _gather(X, _order, _start, _Xl)
-                _gather(Y, _order, _start, _Yl)
-                _value, _grads = _loss_grad(W1, b1, W2, b2, _Xl, _Yl)
+                _value = _step(W1, b1, W2, b2, X[_start:_start + _size], Y[_start:_start + _size],
+                               _grads, _bufs)
             _t += 1
-            _update(_flat_W1, _grads[0], _flat_m_W1, _flat_v_W1,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_b1, _grads[1], _flat_m_b1, _flat_v_b1,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_W2, _grads[2], _flat_m_W2, _flat_v_W2,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_b2, _grads[3], _flat_m_b2, _flat_v_b2,
-                    _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_W1, _flat_g_W1, _flat_m_W1, _flat_v_W1,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_b1, _flat_g_b1, _flat_m_b1, _flat_v_b1,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_W2, _flat_g_W2, _flat_m_W2, _flat_v_W2,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_b2, _flat_g_b2, _flat_m_b2, _flat_v_b2,
+                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
             _total += _value * _size
             _start += _size
         _history[_epoch - _epoch0] = _total / _n

@@ -156,7 +156,7 @@ def test_no_spec_name_can_shadow_what_the_generated_code_uses(name):
                 shadowable |= _free_globals(node)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             shadowable |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    assert {"_forward", "_loss", "_loss_grad"} <= set(with_spec_names)
+    assert {"_forward", "_loss", "_step"} <= set(with_spec_names)
     assert {"np", "range"} <= shadowable
     usable = sorted(n for n in shadowable - spec_names if name_problem(n) is None)
     assert usable == [], f"names a spec could use but the generated code needs: {usable}"
@@ -367,10 +367,10 @@ def test_mutated_generated_gradients_fail_and_are_named(mutation, derivation, ge
 def test_dropped_bias_term_in_the_generated_source_fails(derivation):
     d = derivation("s5_tiny_mlp")
     good = render_module(d)
-    head, tail = good.split("def _loss_grad(", 1)
-    assert "    yhat = b2 + h @ W2.T\n" in tail
-    bad = head + "def _loss_grad(" + tail.replace("    yhat = b2 + h @ W2.T\n",
-                                                   "    yhat = h @ W2.T\n", 1)
+    head, tail = good.split("def _step(", 1)
+    assert tail.count("yhat[_i, _j0] = _acc + b2[_j0]\n") == 1
+    bad = head + "def _step(" + tail.replace("yhat[_i, _j0] = _acc + b2[_j0]\n",
+                                              "yhat[_i, _j0] = _acc\n")
     report = codegen.check_text(bad, d)
     assert report.status == WRONG
     assert report.row("b2").status == WRONG

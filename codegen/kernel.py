@@ -1,0 +1,515 @@
+"""The training kernel: one forward + backward pass over a batch as explicit loops into buffers.
+
+``_step(params…, X, Y, grads, bufs) -> batch loss`` is what ``fit`` calls once per minibatch and
+``loss_and_grad`` once per call. Every value of the derivation (each forward and backward step)
+has a buffer of shape (rows, *shape) — (rows, 1) for a per-sample scalar — allocated once per
+``fit`` call by ``_buffers``; the gradients go into the arrays of ``_gradients``. Nothing is
+allocated inside ``_step``, so a training epoch allocates nothing per step.
+
+Schedule. The steps run in derivation order inside **one loop over the samples** (forward and
+backward fused per sample, each step an explicit loop nest over its own indices, reductions such
+as W·x, Σ and logsumexp as inner loops). A matrix product between a parameter matrix with at
+least ``GEMM_MIN_SIZE`` entries and a batch of vectors is instead one BLAS call
+(``np.dot(A, B, out)``) for the whole batch; it ends the open sample loop, and the next steps
+start a new one. Parameter gradients that are batch outer products of such a size (δ xᵀ summed
+over the samples) are BLAS calls after the last loop. Below the threshold, loops win: a BLAS
+call costs more than the few hundred multiply-adds of a small layer.
+
+Per-element expressions are printed by :class:`ScalarPrinter`: every tensor leaf is replaced by
+the scalar at the loop indices (``z1[_i, _j0]``, ``W1[_j0, _r]``, ``X[_i, _r]``, ``Y[_i]``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
+
+from symbolic.derive import Derivation, Step, shape_of
+from symbolic.functions import (
+    Broadcast, Elementwise, LogSumExp, MatProd, OneHot, Outer, Pick, Softmax, SumAll, Transposed,
+)
+
+from .printers import CodegenError, NumbaPrinter
+
+GEMM_MIN_SIZE = 1024
+"""A parameter matrix with at least this many entries is multiplied by the batch with BLAS."""
+
+_ELEMENTWISE = (sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.Abs, sp.sign,
+                Elementwise)
+
+Shape = tuple[int, ...]
+
+
+class ScalarPrinter(NumbaPrinter):
+    """One scalar of an elementwise expression, in the working dtype (``_F``).
+
+    Numba types ``2 * float32`` as float64, so every integer is printed as ``_F(n)`` except a
+    positive integer exponent (``x**2`` stays a float32 multiply); ``np.where`` becomes a
+    conditional expression.
+    """
+
+    def __init__(self, names: dict[sp.Symbol, str]):
+        super().__init__({s: () for s in names}, set(), names)
+
+    def _print_Integer(self, expr):
+        return f"_F({int(expr)})"
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.args
+        if exp.is_Integer and exp > 0:
+            return f"{self.parenthesize(base, PRECEDENCE['Pow'], strict=True)}**{int(exp)}"
+        return super()._print_Pow(expr, rational)
+
+    def _choose(self, cond: str, yes: str, no: str) -> str:
+        return f"({yes} if {cond} else {no})"
+
+    def _print_Step(self, expr):
+        return self._choose(f"{self._print(expr.args[0])} > 0", "_F(1)", "_F(0)")
+
+    def _print_LeakyRelu(self, expr):
+        z, alpha = expr.args
+        zs = self._print(z)
+        return self._choose(f"{zs} > 0", zs, self._print(alpha * z))
+
+    def _print_Elu(self, expr):
+        zs = self._print(expr.args[0])
+        return self._choose(f"{zs} > 0", zs, f"{self.np('expm1')}({zs})")
+
+    def _print_Huber(self, expr):
+        r, d = expr.args
+        a = f"{self.np('abs')}({self._print(r)})"
+        return self._choose(f"{a} <= {self._print(d)}", self._print(r**2 / 2),
+                            f"{self._print(d)}*({a} - {self._print(d / 2)})")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A per-sample value's storage: (rows, *shape) in the working dtype."""
+
+    name: str
+    shape: Shape  # per sample; (1,) for a scalar
+
+
+@dataclass(frozen=True)
+class KernelText:
+    lines: tuple[str, ...]  # the body of _step after its prologue, indented for the function
+    buffers: tuple[Buffer, ...]
+    grads: tuple[Buffer, ...]  # one per parameter (no rows dimension)
+
+
+def _reads(name: str, lines: list[str]) -> bool:
+    """Whether ``lines`` index the array ``name``."""
+    return any(re.search(rf"(?<![\w.]){re.escape(name)}\[", line) for line in lines)
+
+
+def _index(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+@dataclass
+class _Nest:
+    """Loops over one value's indices inside the sample loop; later nests may join it."""
+
+    shape: Shape
+    idx: tuple[str, ...]
+    comment: str
+    body: list[str]
+    writes: set[str]
+
+    def joins(self, shape: Shape, idx: list[str], body: list[str]) -> bool:
+        """Whether ``body`` may run in this nest: same loops, and it reads what this nest
+        writes only at the current indices (so every value is ready when read)."""
+        if (self.shape, self.idx) != (shape, tuple(idx)):
+            return False
+        here = f"_i, {_index(idx)}"
+        text = "\n".join(body)
+        return all(m.group(1) == here for name in self.writes
+                   for m in re.finditer(rf"(?<![\w.]){re.escape(name)}\[([^\]]*)\]", text))
+
+    def lines(self) -> list[str]:
+        head = [self.comment] if self.comment else []
+        return head + _Kernel.loops(self.shape, list(self.idx), self.body)
+
+
+class _Kernel:
+    def __init__(self, d: Derivation, tags: dict[str, str], formulas: dict[str, str]):
+        self.d = d
+        self.tags = tags
+        self.formulas = formulas
+        self.shapes: dict[sp.Symbol, Shape] = {v.symbol: v.shape for v in d.values.values()}
+        self.kinds = {v.symbol: v.kind for v in d.values.values()}
+        self.classes = d.spec.classes
+        self.buffers: list[Buffer] = []
+        self.out: list[tuple[bool, list[str | _Nest]]] = []  # (sample loop?, items) blocks
+        self.segment: list[str | _Nest] = []  # the body of the open sample loop
+        self.prologue: list[str] = []  # zeroing of accumulated gradients
+        self.deferred: list[str] = []  # gradient matrix products after the last loop
+        self.scalars: dict[sp.Expr, sp.Symbol] = {}  # hoisted per-sample scalars (open loop)
+        self.temps: dict[sp.Expr, sp.Symbol] = {}  # hoisted per-sample tensors (buffers)
+        self.names: dict[sp.Symbol, str] = {}
+        self.leaves: dict[str, sp.Symbol] = {}
+        self.count = 0
+
+    # ----------------------------------------------------------------- helpers
+    def shape(self, e: sp.Expr) -> Shape:
+        return shape_of(e, self.shapes)
+
+    def fresh(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def leaf(self, code: str) -> sp.Symbol:
+        """A scalar symbol printed as ``code`` (an indexed load or a local)."""
+        if code not in self.leaves:
+            sym = sp.Symbol(f"_leaf{len(self.leaves)}", real=True)
+            self.leaves[code] = sym
+            self.names[sym] = code
+        return self.leaves[code]
+
+    def print(self, e: sp.Expr) -> str:
+        return ScalarPrinter(self.names).statement(e)
+
+    def flat(self, idx: list[str], shape: Shape) -> str:
+        if not shape:
+            return "0"
+        text = idx[0]
+        for i, size in zip(idx[1:], shape[1:]):
+            text = f"({text})*{size} + {i}"
+        return text
+
+    def access(self, sym: sp.Symbol, idx: list[str]) -> str:
+        kind, shape = self.kinds[sym], self.shapes[sym]
+        if kind == "param":
+            return sym.name if not shape else f"{sym.name}[{_index(idx)}]"
+        if kind == "acc":
+            return "_acc"
+        if kind == "input":
+            return f"X[_i, {self.flat(idx, shape)}]"
+        if kind == "target":
+            if self.classes is not None:
+                return "Y[_i]"
+            return f"Y[_i, {self.flat(idx, shape)}]"
+        return f"{sym.name}[_i, {_index(idx) if shape else '0'}]"
+
+    def label(self, y: sp.Expr) -> str:
+        if not (y.is_Symbol and self.kinds.get(y) == "target"):
+            raise CodegenError(f"class labels must be the target, not {y}")
+        return "Y[_i]"
+
+    @staticmethod
+    def loops(shape: Shape, idx: list[str], body: list[str]) -> list[str]:
+        """``body`` inside one loop per dimension of ``shape`` (indices ``idx``)."""
+        lines = [f"{'    ' * k}for {i} in range({size}):" for k, (i, size) in enumerate(zip(idx, shape))]
+        return lines + ["    " * len(shape) + line for line in body]
+
+    def new_value(self, name: str, shape: Shape) -> sp.Symbol:
+        sym = sp.Symbol(name, real=True)
+        self.shapes[sym] = shape
+        self.kinds[sym] = "value"
+        self.buffers.append(Buffer(name, shape or (1,)))
+        return sym
+
+    def emit(self, shape: Shape, idx: list[str], body: list[str], writes: set[str],
+             comment: str = "") -> None:
+        """Loops over ``shape`` running ``body`` for the current sample, joined to the previous
+        loops when they have the same shape and the join is safe (see :meth:`_Nest.joins`)."""
+        if not shape:
+            self.segment += ([comment] if comment else []) + body
+            return
+        last = self.segment[-1] if self.segment else None
+        if isinstance(last, _Nest) and last.joins(shape, idx, body):
+            last.body += ([comment] if comment else []) + body
+            last.writes |= writes
+        else:
+            self.segment.append(_Nest(shape, tuple(idx), comment, list(body), set(writes)))
+
+    def close(self) -> None:
+        """End the open sample loop (a whole-batch operation follows)."""
+        if self.segment:
+            self.out.append((True, self.segment))
+        self.segment = []
+        self.scalars = {}
+
+    # --------------------------------------------------------- element access
+    def at(self, e: sp.Expr, idx: list[str]) -> sp.Expr:
+        """The scalar of ``e`` at indices ``idx`` of the current sample (hoisting as needed)."""
+        if e.is_number:
+            return e
+        if e.is_Symbol:
+            return self.leaf(self.access(e, idx))
+        if isinstance(e, Transposed):
+            return self.at(e.args[0], idx[::-1])
+        if isinstance(e, Outer):
+            a, b = e.args
+            ra = len(self.shape(a))
+            return self.at(a, idx[:ra]) * self.at(b, idx[ra:])
+        if isinstance(e, Broadcast):
+            return self.at(e.args[0], [])
+        if isinstance(e, OneHot):
+            return self.leaf(f"(_one if {idx[0]} == {self.label(e.args[0])} else _zero)")
+        if isinstance(e, Pick):
+            z, y = e.args
+            return self.at(z, [self.label(y)])
+        if isinstance(e, Softmax):
+            (u,) = e.args
+            return sp.exp(self.at(u, idx) - self.scalar(LogSumExp(u)))
+        if isinstance(e, (SumAll, LogSumExp)):
+            return self.scalar(e)
+        if isinstance(e, MatProd):
+            if e in self.scalars:
+                return self.scalars[e]
+            sym = self.temps.get(e) or self.matprod(e)
+            return self.at(sym, idx) if self.shape(e) else sym
+        if isinstance(e, _ELEMENTWISE):
+            return e.func(*[self.at(a, idx if self.shape(a) else []) for a in e.args])
+        raise CodegenError(f"the training kernel has no rule for {type(e).__name__}: {e}")
+
+    # ----------------------------------------------------------- reductions
+    def scalar(self, e: sp.Expr) -> sp.Symbol:
+        """A per-sample scalar reduction computed once in the open sample loop."""
+        if e in self.scalars:
+            return self.scalars[e]
+        name = self.fresh("_s")
+        (u,) = e.args
+        shape = self.shape(u)
+        idx = [f"_r{k}" for k in range(len(shape))]
+        if isinstance(e, SumAll):
+            term = self.print(self.at(u, idx))
+            self.segment.append(f"{name} = _F(0)")
+            self.segment.extend(self.loops(shape, idx, [f"{name} += {term}"]))
+        else:  # logsumexp, stable: m + log Σ e^{u − m} with m the maximum
+            if len(shape) != 1:
+                raise CodegenError(f"logsumexp needs a vector, not shape {shape}: {e}")
+            first = self.print(self.at(u, ["0"]))
+            term = self.print(self.at(u, ["_r0"]))
+            self.segment += [f"{name} = {first}",
+                             f"for _r0 in range(1, {shape[0]}):",
+                             f"    {name} = max({name}, {term})",
+                             f"{name}_sum = _F(0)",
+                             f"for _r0 in range({shape[0]}):",
+                             f"    {name}_sum += np.exp({term} - {name})",
+                             f"{name} = {name} + np.log({name}_sum)"]
+        sym = self.leaf(name)
+        self.scalars[e] = sym
+        return sym
+
+    def operand(self, e: sp.Expr) -> sp.Expr:
+        """A matrix-product operand as a symbol (or its transpose): compound ones get a buffer."""
+        inner = e.args[0] if isinstance(e, Transposed) else e
+        if inner.is_Symbol:
+            return e
+        shape = self.shape(e)
+        sym = self.new_value(self.fresh("_t"), shape)
+        idx = [f"_j{k}" for k in range(len(shape))]
+        value = self.print(self.at(e, idx))
+        self.emit(shape, idx, [f"{self.access(sym, idx)} = {value}"], {sym.name})
+        return sym
+
+    def param_matrix(self, e: sp.Expr) -> tuple[str, bool] | None:
+        """(name, transposed) for a parameter matrix W or Wᵀ large enough for BLAS."""
+        inner = e.args[0] if isinstance(e, Transposed) else e
+        if not (inner.is_Symbol and self.kinds[inner] == "param"):
+            return None
+        shape = self.shapes[inner]
+        if len(shape) != 2 or math.prod(shape) < GEMM_MIN_SIZE:
+            return None
+        return inner.name, isinstance(e, Transposed)
+
+    def rows(self, e: sp.Expr) -> str | None:
+        """The batch of a per-sample vector as a (n, k) array, when it is stored as one."""
+        if not (e.is_Symbol and len(self.shapes[e]) == 1):
+            return None
+        kind = self.kinds[e]
+        if kind == "input":
+            return "X"
+        return f"{e.name}[:n]" if kind == "value" else None
+
+    def gemm(self, a: sp.Expr, b: sp.Expr) -> tuple[str, str] | None:
+        """(batch, matrix) with batch @ matrix = the product a b for every sample, or None.
+
+        W x → X Wᵀ and Wᵀ x → X W (x on the right); xᵀ W → X W and xᵀ Wᵀ → X Wᵀ (on the left).
+        """
+        weight, batch = self.param_matrix(a), self.rows(b)
+        flip = True
+        if weight is None or batch is None:
+            weight, batch = self.param_matrix(b), self.rows(a)
+            flip = False
+        if weight is None or batch is None:
+            return None
+        name, transposed = weight
+        return batch, name if transposed == flip else f"{name}.T"
+
+    def matprod(self, e: MatProd, into: sp.Symbol | None = None, comment: str = "",
+                result: str = "_acc") -> sp.Symbol:
+        """Compute the product ``e`` for every sample into a buffer (``into``, else a new one).
+
+        In loops, ``result`` is what is stored: the product ``_acc`` or an expression of it.
+        """
+        a, b = e.args
+        shape = self.shape(e)
+        blas = self.gemm(a, b)
+        if blas is not None:
+            sym = into or self.new_value(self.fresh("_t"), shape)
+            self.close()
+            self.out.append((False, [*([comment] if comment else []),
+                                     f"np.dot({blas[0]}, {blas[1]}, {sym.name}[:n])"]))
+            self.temps[e] = sym
+            return sym
+        a, b = self.operand(a), self.operand(b)
+        sa = self.shape(a)
+        inner = sa[-1]
+        left = [f"_j{k}" for k in range(len(sa) - 1)]
+        right = [f"_j{k}" for k in range(len(sa) - 1, len(shape))]
+        term = self.print(self.at(a, left + ["_r"]) * self.at(b, ["_r"] + right))
+        reduce = ["_acc = _F(0)", f"for _r in range({inner}):", f"    _acc += {term}"]
+        if not shape:
+            name = self.fresh("_s")
+            self.segment += [line.replace("_acc", name) for line in reduce]
+            sym = self.leaf(name)
+            self.scalars[e] = sym
+            return sym
+        sym = into or self.new_value(self.fresh("_t"), shape)
+        idx = left + right
+        self.emit(shape, idx, reduce + [f"{self.access(sym, idx)} = {result}"], {sym.name},
+                  comment)
+        self.temps[e] = sym
+        return sym
+
+    # ------------------------------------------------------------------ steps
+    def comment(self, step: Step) -> str:
+        return f"# {self.tags[step.name]} {self.formulas[step.name]}"
+
+    def value_step(self, step: Step, expr: sp.Expr) -> None:
+        shape = step.shape
+        sym = self.d.symbol(step.name)
+        self.kinds[sym] = "value"
+        self.buffers.append(Buffer(step.name, shape or (1,)))
+        # a product W·u, alone or plus other terms (W x + b), is computed into the step's own
+        # buffer: the other terms are added in the same loop, or in place after a BLAS call
+        terms = sp.Add.make_args(expr)
+        products = [t for t in terms if isinstance(t, MatProd) and t not in self.temps]
+        idx = [f"_j{k}" for k in range(len(shape))]
+        if shape and len(products) == 1:
+            product = products[0]
+            if expr == product:
+                self.matprod(product, into=sym, comment=self.comment(step))
+                return
+            if self.gemm(*product.args) is None:
+                acc = sp.Symbol(self.fresh("_acc"), real=True)
+                self.shapes[acc], self.kinds[acc] = shape, "acc"
+                value = self.print(self.at(expr.xreplace({product: acc}), idx))
+                self.matprod(product, into=sym, comment=self.comment(step), result=value)
+                del self.temps[product]  # the buffer holds the whole sum
+                return
+            self.matprod(product, into=sym, comment=self.comment(step))
+            del self.temps[product]
+            expr = expr.xreplace({product: sym})
+        value = self.print(self.at(expr, idx))
+        body = [f"{self.access(sym, idx)} = {value}"]
+        if step.role == "loss":
+            body.append(f"_total += {step.name}[_i, 0]")
+        self.emit(shape, idx, body, {step.name}, "" if products and shape else self.comment(step))
+
+    @staticmethod
+    def outer_factors(expr: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
+        """(u, v) when ``expr`` is the outer product u vᵀ (or (v uᵀ)ᵀ)."""
+        if isinstance(expr, Transposed) and isinstance(expr.args[0], Outer):
+            return expr.args[0].args[1], expr.args[0].args[0]
+        return expr.args if isinstance(expr, Outer) else None
+
+    def batch_outer(self, expr: sp.Expr) -> tuple[str, str] | None:
+        """(U, V) when the gradient is Σ_i u_i v_iᵀ of two stored batches: Uᵀ V in BLAS."""
+        factors = self.outer_factors(expr)
+        if factors is None:
+            return None
+        u, v = (self.rows(a) for a in factors)
+        return None if u is None or v is None else (u, v)
+
+    def grad_step(self, step: Step, expr: sp.Expr) -> None:
+        param = self.d.spec.param(step.of)
+        shape = tuple(param.shape) or (1,)
+        name = step.name
+        idx = [f"_j{k}" for k in range(len(shape))]
+        gemm = self.batch_outer(expr) if math.prod(shape) >= GEMM_MIN_SIZE else None
+        if gemm is not None:
+            self.deferred += [self.comment(step), f"np.dot({gemm[0]}.T, {gemm[1]}, {name})"]
+        else:
+            self.prologue.append(f"{name}[:] = 0")
+            outer = self.outer_factors(expr)
+            if outer is not None and len(shape) == 2:
+                # a row δ_j·vᵀ at a time, skipped where δ_j is 0 (inactive ReLU units)
+                row = self.print(self.at(outer[0], ["_j0"]))
+                value = self.print(self.leaf("_d") * self.at(outer[1], ["_j1"]))
+                body = [f"_d = {row}", "if _d != 0:", f"    for _j1 in range({shape[1]}):",
+                        f"        {name}[_j0, _j1] += {value}"]
+                self.emit(shape[:1], ["_j0"], body, {name}, self.comment(step))
+            elif expr != 0:
+                value = self.print(self.at(expr, idx if param.shape else []))
+                self.emit(shape, idx, [f"{name}[{_index(idx)}] += {value}"], {name},
+                          self.comment(step))
+
+    def localize(self) -> None:
+        """A value read only where it is computed — a per-sample scalar in its own sample loop,
+        a tensor in its own loop nest at the nest's indices — is a local variable, not a buffer:
+        a store and a reload per element saved."""
+        def text(item: str | _Nest) -> list[str]:
+            return item.body if isinstance(item, _Nest) else [item]
+
+        for buffer in list(self.buffers):
+            shape = self.shapes[sp.Symbol(buffer.name, real=True)]
+            users = [(loop, items, item) for loop, items in self.out for item in items
+                     if _reads(buffer.name, text(item))]
+            if not users or _reads(buffer.name, self.deferred) or \
+                    not all(loop and items is users[0][1] for loop, items, _ in users):
+                continue
+            items = users[0][1]
+            if shape:  # only its own nest, at the nest's indices
+                if len(users) != 1 or not isinstance(users[0][2], _Nest) or \
+                        users[0][2].shape != shape:
+                    continue
+                scope, here = [users[0][2]], f"_i, {_index(list(users[0][2].idx))}"
+            else:
+                scope, here = [item for _, _, item in users], "_i, 0"
+            element = re.compile(rf"(?<![\w.]){re.escape(buffer.name)}\[{re.escape(here)}\]")
+            renamed = {id(item): [element.sub(buffer.name, line) for line in text(item)]
+                       for item in scope}
+            if any(_reads(buffer.name, lines) for lines in renamed.values()):
+                continue
+            for k, item in enumerate(items):
+                if id(item) in renamed:
+                    if isinstance(item, _Nest):
+                        item.body[:] = renamed[id(item)]
+                    else:
+                        items[k] = renamed[id(item)][0]
+            self.buffers.remove(buffer)
+
+    def run(self, steps: list[tuple[Step, sp.Expr]]) -> KernelText:
+        for step, expr in steps:
+            if step.role == "grad":
+                self.grad_step(step, expr)
+            else:
+                self.value_step(step, expr)
+        self.close()
+        self.localize()
+        lines = [*self.prologue, "_total = 0.0"]
+        for loop, items in self.out:
+            if not loop:
+                lines += items
+                continue
+            lines.append("for _i in range(n):")
+            for item in items:
+                lines += ["    " + line
+                          for line in (item.lines() if isinstance(item, _Nest) else [item])]
+        lines += self.deferred
+        grads = tuple(Buffer(f"grad_{p.name}", tuple(p.shape) or (1,)) for p in self.d.spec.params)
+        return KernelText(tuple(lines), tuple(self.buffers), grads)
+
+
+def kernel(d: Derivation, steps: list[tuple[Step, sp.Expr]], tags: dict[str, str],
+           formulas: dict[str, str]) -> KernelText:
+    """The body of ``_step`` for ``steps`` (each with its expression as the lowering shares it)."""
+    return _Kernel(d, tags, formulas).run(steps)
