@@ -5,27 +5,31 @@
 prints one line ``MEMPROBE {json}``.  ``run.py`` calls :func:`measure` for every
 implementation of every workload (``--no-memory`` skips it).
 
-What is measured (Linux only; elsewhere the figures are ``None`` with the reason):
+What is measured (peak RSS on Linux only; elsewhere it is ``None`` with the reason):
 
 1. a fresh interpreter imports the harness, registers the implementations, builds the
    workload's data, calls ``prepare`` and runs the training once (compile / Numba cache
    load / XLA compile / first-call allocations: the warm-up the timed rounds also have);
-2. the kernel's peak-RSS counter is reset (``echo 5 > /proc/self/clear_refs``, which sets
-   ``VmHWM`` back to the current ``VmRSS``), ``VmRSS`` is read, one training run on fresh
-   initial parameters is made and ``VmHWM`` is read again: **peak RSS growth during the
-   training call** = ``VmHWM`` after - ``VmRSS`` before.  It counts every page the call
-   touched beyond what the process already held: NumPy, Numba NRT (malloc), torch and
-   XLA buffers alike (tracemalloc would see NumPy's only);
-3. so that memory freed by the warm-up and kept by malloc for reuse does not hide the
-   run's allocations, the process runs with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` and
-   ``MALLOC_TRIM_THRESHOLD_=0`` (every block of 64 KiB or more is its own mapping, unmapped
-   on free; the heap top is trimmed): the run must map its big buffers again and they show
-   up in ``VmHWM``.  Resolution: pages (4 KiB) plus malloc's heap growth steps for small
-   blocks (~100 KiB), so differences below ~1 MiB are noise;
+2. **peak RSS growth during the training call**, median of ``rss_repeats`` (3) calls on
+   fresh initial parameters: the kernel's peak-RSS counter is reset
+   (``echo 5 > /proc/self/clear_refs`` sets ``VmHWM`` back to ``VmRSS``), ``VmRSS`` is
+   read, the call is made, growth = ``VmHWM`` after - ``VmRSS`` before.  It counts every
+   page the call touched beyond what the process already held, from every allocator
+   (NumPy, Numba NRT, torch, XLA).  So that memory freed by the warm-up and kept by malloc
+   for reuse does not hide the call's allocations, the process runs with glibc's
+   ``MALLOC_MMAP_THRESHOLD_=65536`` and ``MALLOC_TRIM_THRESHOLD_=0`` (every block of 64 KiB
+   or more is its own mapping, unmapped on free; the heap top is trimmed).  Resolution
+   ~1 MiB: pages, malloc's heap steps for smaller blocks, Python's 256 KiB arenas, the
+   kernel's approximate per-CPU RSS counters;
+3. **traced peak**: ``tracemalloc``'s peak during one more call minus what it traced
+   before.  Exact for NumPy arrays, Python objects and Numba NRT arrays (Numba's runtime
+   allocates through ``PyMem_RawMalloc``: ``numba/core/runtime/nrt.py`` calls
+   ``memsys_use_cpython_allocator()``), blind to torch's and XLA's allocators
+   (``Impl.traced`` says whether an implementation's figure is complete);
 4. for Numba implementations (``Impl.nrt``) the process also has ``NUMBA_NRT_STATS=1`` and
    reports the number of NRT allocations (``rtsys.get_allocation_stats().alloc``) made by
-   the measured run and by a run of twice as many steps (same data and parameters): equal
-   counts = nothing allocated per step.
+   the first measured call and by a run of twice as many steps (same data, fresh
+   parameters): equal counts = nothing allocated per step.
 
 Not counted: ``prepare`` (outside the call, as for the timings: e.g. torch's and JAX's copies
 of the data, symgrad's W3 layout of 1000 minibatches as one pass), the data, the interpreter
