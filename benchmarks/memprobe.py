@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import re
@@ -103,7 +104,7 @@ def probe(workload: str, impl_name: str, quick: bool = False, plugins=(), thread
         except Exception:
             pass
     for mod in plugins:
-        __import__(mod)
+        importlib.import_module(mod)
     impl = registry.REGISTRY[impl_name]
     if not impl.available:
         raise RuntimeError(f"{impl_name} unavailable: {impl.reason}")
