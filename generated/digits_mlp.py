@@ -34,8 +34,10 @@ accuracy(params, X, Y) -> fraction of correct labels (classifiers; Y labels or o
 loss(params, X, Y) -> float: the batch loss.
 loss_and_grad(params, X, Y) -> (float, Params): one fused forward + backward pass over the batch.
 fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callback=None,
-    state=None, start_epoch=0, shuffle=True, **hyper) -> (params, history, state)
-    Trains a copy of params (the input is not modified). optimizer is one of OPTIMIZERS:
+    state=None, start_epoch=0, shuffle=True, inplace=False, **hyper) -> (params, history, state)
+    Trains a copy of params (the input is not modified; inplace=True updates the given arrays
+    themselves: writable C-contiguous float arrays of the parameter shapes, one dtype).
+    optimizer is one of OPTIMIZERS:
       gd        θ ← θ − lr·g on the full batch every epoch (batch_size is ignored);
       sgd       θ ← θ − lr·g on shuffled minibatches of batch_size (0: the full batch);
       momentum  m ← μ·m + g;  θ ← θ − lr·m                            (hyper: momentum=μ)
@@ -52,10 +54,12 @@ fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callb
     the last minibatch of an epoch may be smaller.
     history[e] is the mean training loss of epoch e: the mean over its minibatches of their
     losses (weighted by minibatch size), each taken before that minibatch's update step.
-    The epoch loop runs compiled (every hot path is @njit(cache=True) with IEEE float semantics,
-    error_model="numpy": no zero-division checks inside loops); callback(epoch, loss, params, state) is called after every
+    The epoch loop runs compiled (every hot path is @njit(cache=True), error_model="numpy": no
+    zero-division checks inside loops; the training step _step may reorder sums and fuse
+    multiply-adds, nothing more); callback(epoch, loss, params, state) is called after every
     epoch (returning False stops training) and costs nothing when it is None.
-    state = {"optimizer", "step", "m", "v"} holds the optimizer's moments and step count: pass
+    state = {"optimizer", "step", "m", "v"} holds the optimizer's step count and moments (m for
+    momentum, nesterov and adam(w); v for rmsprop and adam(w); None where not kept): pass
     the returned state and start_epoch=<epochs done> to resume; the result equals the
     uninterrupted run bit for bit.
 epoch_order(n, seed, epoch) -> the row permutation used in that epoch (a splitmix64
@@ -166,7 +170,7 @@ def _gradients(like):
     )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
     """Forward and backward pass over the batch (X, Y); returns the batch loss.
 
@@ -451,7 +455,7 @@ def _fit_epochs(W1, b1, W2, b2,
     _Yb = np.empty((_bs if _gathered else 0,) + Y.shape[1:], Y.dtype)
     _bufs = _buffers(_bs, X)
     _grads = _gradients(X)
-    _order = np.arange(_n)
+    _order = np.arange(_n if _gathered else 0)
     # flat views of the parameters and moments, updated in place
     _flat_W1 = W1.reshape(W1.size)
     _flat_g_W1 = _grads[0].reshape(_grads[0].size)
@@ -599,8 +603,30 @@ def loss_and_grad(params, X, Y):
     return float(value), _public(grads)
 
 
+_MOMENTS = {"gd": "", "sgd": "", "momentum": "m", "nesterov": "m", "rmsprop": "v", "adam": "mv",
+            "adamw": "mv"}
+
+
+def _in_place(params):
+    """The arrays of params themselves (as flat-compatible views), for fit(inplace=True)."""
+    values = [params[name] for name in PARAM_NAMES] if isinstance(params, dict) else list(params)
+    if len(values) != len(PARAM_NAMES):
+        raise ValueError(f"expected {len(PARAM_NAMES)} parameter arrays ({', '.join(PARAM_NAMES)})")
+    out = []
+    for name, shape, value in zip(PARAM_NAMES, PARAM_SHAPES, values):
+        ok = (isinstance(value, np.ndarray) and value.shape == shape
+              and value.dtype in (np.float32, np.float64) and value.dtype == values[0].dtype
+              and value.flags.c_contiguous and value.flags.writeable)
+        if not ok:
+            raise ValueError(f"inplace=True needs every parameter as a writable C-contiguous "
+                             f"float32 or float64 array of its shape, all of one dtype; {name} "
+                             f"is not (expected shape {shape}); use inplace=False")
+        out.append(value.reshape(shape if shape else (1,)))
+    return out
+
+
 def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callback=None,
-        state=None, start_epoch=0, shuffle=True, **hyper):
+        state=None, start_epoch=0, shuffle=True, inplace=False, **hyper):
     """Train; returns (params, history, state). See the module docstring for the details."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -608,20 +634,23 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
     if unknown:
         raise TypeError(f"unknown hyperparameters {unknown}; known: {sorted(HYPER_DEFAULTS)}")
     h = {**HYPER_DEFAULTS, **hyper}
-    arrays = _arrays(params, copy=True)
+    arrays = _in_place(params) if inplace else _arrays(params, copy=True)
     dtype = arrays[0].dtype
     X = _inputs(X, dtype)
     Y = _targets(Y, X.shape[0], dtype)
-    if state is None:
-        step = 0
-        m = [np.zeros_like(a) for a in arrays]
-        v = [np.zeros_like(a) for a in arrays]
-    else:
-        if state["optimizer"] != optimizer:
-            raise ValueError(f"state belongs to optimizer {state['optimizer']!r}, not {optimizer!r}")
-        step = int(state["step"])
-        m = _arrays(state["m"], dtype, copy=True)
-        v = _arrays(state["v"], dtype, copy=True)
+    if state is not None and state["optimizer"] != optimizer:
+        raise ValueError(f"state belongs to optimizer {state['optimizer']!r}, not {optimizer!r}")
+    step = 0 if state is None else int(state["step"])
+
+    def moment(key):
+        """The optimizer's moment arrays (empty, of the same rank, when it keeps none)."""
+        if key not in _MOMENTS[optimizer]:
+            return [np.zeros((0,) * a.ndim, dtype) for a in arrays]
+        if state is None:
+            return [np.zeros_like(a) for a in arrays]
+        return _arrays(state[key], dtype, copy=True)
+
+    m, v = moment("m"), moment("v")
     moments = [a for pair in zip(m, v) for a in pair]
     code = OPTIMIZERS.index(optimizer)
     options = (code, float(lr), float(h["momentum"]), float(h["beta1"]), float(h["beta2"]),
@@ -631,8 +660,9 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
 
     def current_state(copy=False):
         pick = (lambda a: a.copy()) if copy else (lambda a: a)
-        return {"optimizer": optimizer, "step": step, "m": _public([pick(a) for a in m]),
-                "v": _public([pick(a) for a in v])}
+        kept = {key: _public([pick(a) for a in arrays_]) if key in _MOMENTS[optimizer] else None
+                for key, arrays_ in (("m", m), ("v", v))}
+        return {"optimizer": optimizer, "step": step, **kept}
 
     if callback is None:
         step = _fit_epochs(*arrays, *moments, X, Y, *options, int(start_epoch),

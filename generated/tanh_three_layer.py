@@ -36,8 +36,10 @@ accuracy(params, X, Y) -> fraction of correct labels (classifiers; Y labels or o
 loss(params, X, Y) -> float: the batch loss.
 loss_and_grad(params, X, Y) -> (float, Params): one fused forward + backward pass over the batch.
 fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callback=None,
-    state=None, start_epoch=0, shuffle=True, **hyper) -> (params, history, state)
-    Trains a copy of params (the input is not modified). optimizer is one of OPTIMIZERS:
+    state=None, start_epoch=0, shuffle=True, inplace=False, **hyper) -> (params, history, state)
+    Trains a copy of params (the input is not modified; inplace=True updates the given arrays
+    themselves: writable C-contiguous float arrays of the parameter shapes, one dtype).
+    optimizer is one of OPTIMIZERS:
       gd        θ ← θ − lr·g on the full batch every epoch (batch_size is ignored);
       sgd       θ ← θ − lr·g on shuffled minibatches of batch_size (0: the full batch);
       momentum  m ← μ·m + g;  θ ← θ − lr·m                            (hyper: momentum=μ)
@@ -54,10 +56,12 @@ fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callb
     the last minibatch of an epoch may be smaller.
     history[e] is the mean training loss of epoch e: the mean over its minibatches of their
     losses (weighted by minibatch size), each taken before that minibatch's update step.
-    The epoch loop runs compiled (every hot path is @njit(cache=True) with IEEE float semantics,
-    error_model="numpy": no zero-division checks inside loops); callback(epoch, loss, params, state) is called after every
+    The epoch loop runs compiled (every hot path is @njit(cache=True), error_model="numpy": no
+    zero-division checks inside loops; the training step _step may reorder sums and fuse
+    multiply-adds, nothing more); callback(epoch, loss, params, state) is called after every
     epoch (returning False stops training) and costs nothing when it is None.
-    state = {"optimizer", "step", "m", "v"} holds the optimizer's moments and step count: pass
+    state = {"optimizer", "step", "m", "v"} holds the optimizer's step count and moments (m for
+    momentum, nesterov and adam(w); v for rmsprop and adam(w); None where not kept): pass
     the returned state and start_epoch=<epochs done> to resume; the result equals the
     uninterrupted run bit for bit.
 epoch_order(n, seed, epoch) -> the row permutation used in that epoch (a splitmix64
@@ -160,11 +164,16 @@ def _loss(W1, b1, W2, b2, W3, b3, X, Y):
 def _buffers(rows, like):
     """One buffer per value of the training kernel, for batches of up to ``rows`` samples."""
     return (
+        np.empty((rows, 16), like.dtype),  # z1
         np.empty((rows, 16), like.dtype),  # h1
+        np.empty((rows, 16), like.dtype),  # z2
         np.empty((rows, 16), like.dtype),  # h2
         np.empty((rows, 3), like.dtype),  # z
         np.empty((rows, 3), like.dtype),  # delta_z
+        np.empty((rows, 16), like.dtype),  # delta_h2
         np.empty((rows, 16), like.dtype),  # delta_z2
+        np.empty((rows, 16), like.dtype),  # delta_h1
+        np.empty((rows, 16), like.dtype),  # delta_z1
     )
 
 
@@ -181,7 +190,7 @@ def _gradients(like):
     )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _step(W1, b1, W2, b2, W3, b3, X, Y, _grads, _bufs):
     """Forward and backward pass over the batch (X, Y); returns the batch loss.
 
@@ -194,87 +203,67 @@ def _step(W1, b1, W2, b2, W3, b3, X, Y, _grads, _bufs):
     _one = _F(1)
     _zero = _F(0)
     (grad_W1, grad_b1, grad_W2, grad_b2, grad_W3, grad_b3) = _grads
-    (h1, h2, z, delta_z, delta_z2) = _bufs
-    grad_W3[:] = 0
+    (z1, h1, z2, h2, z, delta_z, delta_h2, delta_z2, delta_h1, delta_z1) = _bufs
     grad_b3[:] = 0
-    grad_W2[:] = 0
     grad_b2[:] = 0
-    grad_W1[:] = 0
     grad_b1[:] = 0
     _total = 0.0
+    # (1) z1 = b1 + W1 x
+    np.dot(X, W1.T, z1[:n])
     for _i in range(n):
-        # (1) z1 = b1 + W1 x
         for _j0 in range(16):
-            _acc = _F(0)
-            for _r in range(4):
-                _acc += W1[_j0, _r]*X[_i, _r]
-            z1 = _acc + b1[_j0]
+            z1[_i, _j0] = b1[_j0] + z1[_i, _j0]
             # (2) h1 = tanh(z1)
-            h1[_i, _j0] = np.tanh(z1)
-        # (3) z2 = b2 + W2 h1
+            h1[_i, _j0] = np.tanh(z1[_i, _j0])
+    # (3) z2 = b2 + W2 h1
+    np.dot(h1[:n], W2.T, z2[:n])
+    for _i in range(n):
         for _j0 in range(16):
-            _acc = _F(0)
-            for _r in range(16):
-                _acc += W2[_j0, _r]*h1[_i, _r]
-            z2 = _acc + b2[_j0]
+            z2[_i, _j0] = b2[_j0] + z2[_i, _j0]
             # (4) h2 = tanh(z2)
-            h2[_i, _j0] = np.tanh(z2)
-        # (5) z = b3 + W3 h2
+            h2[_i, _j0] = np.tanh(z2[_i, _j0])
+    # (5) z = b3 + W3 h2
+    np.dot(h2[:n], W3.T, z[:n])
+    for _i in range(n):
         for _j0 in range(3):
-            _acc = _F(0)
-            for _r in range(16):
-                _acc += W3[_j0, _r]*h2[_i, _r]
-            z[_i, _j0] = _acc + b3[_j0]
-        _s4 = z[_i, 0]
+            z[_i, _j0] = b3[_j0] + z[_i, _j0]
+        _s1 = z[_i, 0]
         for _r0 in range(1, 3):
-            _s4 = max(_s4, z[_i, _r0])
-        _s4_sum = _F(0)
+            _s1 = max(_s1, z[_i, _r0])
+        _s1_sum = _F(0)
         for _r0 in range(3):
-            _s4_sum += np.exp(z[_i, _r0] - _s4)
-        _s4 = _s4 + np.log(_s4_sum)
+            _s1_sum += np.exp(z[_i, _r0] - _s1)
+        _s1 = _s1 + np.log(_s1_sum)
         # (6) loss = logsumexp(z) − z[y]
-        loss = -z[_i, Y[_i]] + _s4
+        loss = -z[_i, Y[_i]] + _s1
         _total += loss
         # (7) δ_z = −onehot(y) + softmax(z)
         for _j0 in range(3):
-            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + np.exp(-_s4 + z[_i, _j0])
-            # (8) ∂L/∂W3 = δ_z h2ᵀ   (mean over the batch, + 0.0001·W3)
-            _d = delta_z[_i, _j0]
-            if _d != 0:
-                for _j1 in range(16):
-                    grad_W3[_j0, _j1] += _d*h2[_i, _j1]
+            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + np.exp(z[_i, _j0] - _s1)
             # (9) ∂L/∂b3 = δ_z   (mean over the batch)
             grad_b3[_j0] += delta_z[_i, _j0]
-        # (10) δ_h2 = W3ᵀ δ_z
+    # (10) δ_h2 = W3ᵀ δ_z
+    np.dot(delta_z[:n], W3, delta_h2[:n])
+    for _i in range(n):
+        # (11) δ_z2 = δ_h2 ⊙ (1 − tanh(z2)²)
         for _j0 in range(16):
-            _acc = _F(0)
-            for _r in range(3):
-                _acc += W3[_r, _j0]*delta_z[_i, _r]
-            delta_h2 = _acc
-            # (11) δ_z2 = δ_h2 ⊙ (1 − tanh(z2)²)
-            delta_z2[_i, _j0] = delta_h2*(_F(1) - h2[_i, _j0]**2)
-            # (12) ∂L/∂W2 = δ_z2 h1ᵀ   (mean over the batch, + 0.0001·W2)
-            _d = delta_z2[_i, _j0]
-            if _d != 0:
-                for _j1 in range(16):
-                    grad_W2[_j0, _j1] += _d*h1[_i, _j1]
+            delta_z2[_i, _j0] = delta_h2[_i, _j0]*(_F(1) - h2[_i, _j0]**2)
             # (13) ∂L/∂b2 = δ_z2   (mean over the batch)
             grad_b2[_j0] += delta_z2[_i, _j0]
-        # (14) δ_h1 = W2ᵀ δ_z2
+    # (14) δ_h1 = W2ᵀ δ_z2
+    np.dot(delta_z2[:n], W2, delta_h1[:n])
+    for _i in range(n):
+        # (15) δ_z1 = δ_h1 ⊙ (1 − tanh(z1)²)
         for _j0 in range(16):
-            _acc = _F(0)
-            for _r in range(16):
-                _acc += W2[_r, _j0]*delta_z2[_i, _r]
-            delta_h1 = _acc
-            # (15) δ_z1 = δ_h1 ⊙ (1 − tanh(z1)²)
-            delta_z1 = delta_h1*(_F(1) - h1[_i, _j0]**2)
-            # (16) ∂L/∂W1 = δ_z1 xᵀ   (mean over the batch, + 0.0001·W1)
-            _d = delta_z1
-            if _d != 0:
-                for _j1 in range(4):
-                    grad_W1[_j0, _j1] += _d*X[_i, _j1]
+            delta_z1[_i, _j0] = delta_h1[_i, _j0]*(_F(1) - h1[_i, _j0]**2)
             # (17) ∂L/∂b1 = δ_z1   (mean over the batch)
-            grad_b1[_j0] += delta_z1
+            grad_b1[_j0] += delta_z1[_i, _j0]
+    # (8) ∂L/∂W3 = δ_z h2ᵀ   (mean over the batch, + 0.0001·W3)
+    np.dot(delta_z[:n].T, h2[:n], grad_W3)
+    # (12) ∂L/∂W2 = δ_z2 h1ᵀ   (mean over the batch, + 0.0001·W2)
+    np.dot(delta_z2[:n].T, h1[:n], grad_W2)
+    # (16) ∂L/∂W1 = δ_z1 xᵀ   (mean over the batch, + 0.0001·W1)
+    np.dot(delta_z1[:n].T, X, grad_W1)
     return _total/n + 5e-05*(_sumsq(W1) + _sumsq(W2) + _sumsq(W3))
 
 
@@ -508,7 +497,7 @@ def _fit_epochs(W1, b1, W2, b2, W3, b3,
     _Yb = np.empty((_bs if _gathered else 0,) + Y.shape[1:], Y.dtype)
     _bufs = _buffers(_bs, X)
     _grads = _gradients(X)
-    _order = np.arange(_n)
+    _order = np.arange(_n if _gathered else 0)
     # flat views of the parameters and moments, updated in place
     _flat_W1 = W1.reshape(W1.size)
     _flat_g_W1 = _grads[0].reshape(_grads[0].size)
@@ -668,8 +657,30 @@ def loss_and_grad(params, X, Y):
     return float(value), _public(grads)
 
 
+_MOMENTS = {"gd": "", "sgd": "", "momentum": "m", "nesterov": "m", "rmsprop": "v", "adam": "mv",
+            "adamw": "mv"}
+
+
+def _in_place(params):
+    """The arrays of params themselves (as flat-compatible views), for fit(inplace=True)."""
+    values = [params[name] for name in PARAM_NAMES] if isinstance(params, dict) else list(params)
+    if len(values) != len(PARAM_NAMES):
+        raise ValueError(f"expected {len(PARAM_NAMES)} parameter arrays ({', '.join(PARAM_NAMES)})")
+    out = []
+    for name, shape, value in zip(PARAM_NAMES, PARAM_SHAPES, values):
+        ok = (isinstance(value, np.ndarray) and value.shape == shape
+              and value.dtype in (np.float32, np.float64) and value.dtype == values[0].dtype
+              and value.flags.c_contiguous and value.flags.writeable)
+        if not ok:
+            raise ValueError(f"inplace=True needs every parameter as a writable C-contiguous "
+                             f"float32 or float64 array of its shape, all of one dtype; {name} "
+                             f"is not (expected shape {shape}); use inplace=False")
+        out.append(value.reshape(shape if shape else (1,)))
+    return out
+
+
 def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callback=None,
-        state=None, start_epoch=0, shuffle=True, **hyper):
+        state=None, start_epoch=0, shuffle=True, inplace=False, **hyper):
     """Train; returns (params, history, state). See the module docstring for the details."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -677,20 +688,23 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
     if unknown:
         raise TypeError(f"unknown hyperparameters {unknown}; known: {sorted(HYPER_DEFAULTS)}")
     h = {**HYPER_DEFAULTS, **hyper}
-    arrays = _arrays(params, copy=True)
+    arrays = _in_place(params) if inplace else _arrays(params, copy=True)
     dtype = arrays[0].dtype
     X = _inputs(X, dtype)
     Y = _targets(Y, X.shape[0], dtype)
-    if state is None:
-        step = 0
-        m = [np.zeros_like(a) for a in arrays]
-        v = [np.zeros_like(a) for a in arrays]
-    else:
-        if state["optimizer"] != optimizer:
-            raise ValueError(f"state belongs to optimizer {state['optimizer']!r}, not {optimizer!r}")
-        step = int(state["step"])
-        m = _arrays(state["m"], dtype, copy=True)
-        v = _arrays(state["v"], dtype, copy=True)
+    if state is not None and state["optimizer"] != optimizer:
+        raise ValueError(f"state belongs to optimizer {state['optimizer']!r}, not {optimizer!r}")
+    step = 0 if state is None else int(state["step"])
+
+    def moment(key):
+        """The optimizer's moment arrays (empty, of the same rank, when it keeps none)."""
+        if key not in _MOMENTS[optimizer]:
+            return [np.zeros((0,) * a.ndim, dtype) for a in arrays]
+        if state is None:
+            return [np.zeros_like(a) for a in arrays]
+        return _arrays(state[key], dtype, copy=True)
+
+    m, v = moment("m"), moment("v")
     moments = [a for pair in zip(m, v) for a in pair]
     code = OPTIMIZERS.index(optimizer)
     options = (code, float(lr), float(h["momentum"]), float(h["beta1"]), float(h["beta2"]),
@@ -700,8 +714,9 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
 
     def current_state(copy=False):
         pick = (lambda a: a.copy()) if copy else (lambda a: a)
-        return {"optimizer": optimizer, "step": step, "m": _public([pick(a) for a in m]),
-                "v": _public([pick(a) for a in v])}
+        kept = {key: _public([pick(a) for a in arrays_]) if key in _MOMENTS[optimizer] else None
+                for key, arrays_ in (("m", m), ("v", v))}
+        return {"optimizer": optimizer, "step": step, **kept}
 
     if callback is None:
         step = _fit_epochs(*arrays, *moments, X, Y, *options, int(start_epoch),

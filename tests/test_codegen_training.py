@@ -210,7 +210,7 @@ def test_float32_training(generated_module):
     fitted, history, state = module.fit(params, X, Y, optimizer="sgd", lr=0.05, epochs=20,
                                         batch_size=16)
     assert all(p.dtype == np.float32 for p in fitted)
-    assert state["m"].W1.dtype == np.float32
+    assert state["m"] is None and state["v"] is None  # plain SGD keeps no moments
     assert history[-1] < history[0]
     p64 = [p.astype(np.float64) for p in params]
     f64, h64, _ = module.fit(p64, X, Y, optimizer="sgd", lr=0.05, epochs=20, batch_size=16)
@@ -233,3 +233,41 @@ def test_unshuffled_minibatches_are_consecutive_rows(derivation, generated_modul
                                              16)
     assert_close(fitted, expected)
     np.testing.assert_allclose(history, ref_history, rtol=1e-9)
+
+
+@pytest.mark.parametrize("optimizer, kept", [("momentum", "m"), ("rmsprop", "v"), ("adam", "mv")])
+def test_state_holds_the_moments_the_optimizer_keeps(generated_module, optimizer, kept):
+    module = generated_module("s5_tiny_mlp")
+    X, Y = synthetic(module, 32, seed=4)
+    params = module.init_params(0, np.float32)
+    _, _, state = module.fit(params, X, Y, optimizer=optimizer, lr=0.01, epochs=2, batch_size=8)
+    for key in "mv":
+        if key in kept:
+            assert state[key].W1.dtype == np.float32 and np.any(state[key].W1 != 0)
+        else:
+            assert state[key] is None
+
+
+def test_fit_in_place_updates_the_given_arrays(generated_module):
+    module = generated_module("s5_tiny_mlp")
+    X, Y = synthetic(module, 40, seed=5)
+    params = module.init_params(1, np.float32)
+    copied, history, _ = module.fit(params, X, Y, optimizer="adam", lr=0.01, epochs=3,
+                                    batch_size=16, seed=2)
+    before = [p.copy() for p in params]
+    mine = {name: np.array(p) for name, p in params._asdict().items()}
+    fitted, history2, _ = module.fit(mine, X, Y, optimizer="adam", lr=0.01, epochs=3,
+                                     batch_size=16, seed=2, inplace=True)
+    np.testing.assert_array_equal(history, history2)
+    for name, a, b in zip(module.PARAM_NAMES, copied, fitted):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(mine[name], a)  # the caller's arrays hold the result
+        assert np.shares_memory(mine[name], b)
+    for a, b in zip(params, before):
+        np.testing.assert_array_equal(a, b)  # the default call left its input alone
+    mixed = {**mine, "b2": mine["b2"].astype(np.float64)}
+    with pytest.raises(ValueError, match="inplace=True needs"):
+        module.fit(mixed, X, Y, inplace=True)
+    strided = {**mine, "W1": np.asfortranarray(mine["W1"])}
+    with pytest.raises(ValueError, match="W1"):
+        module.fit(strided, X, Y, inplace=True)
