@@ -17,6 +17,11 @@ over the samples) are BLAS calls after the last loop. Measured (benchmarks/gemm_
 (2–15× for 10–10⁵ entries at batch 32–256); below that (W1's 1×3 linear model) the fused loop
 is ahead, since a BLAS call costs more than the handful of multiply-adds it replaces.
 
+Gradients are batch sums. A small one (at most ``LOCAL_GRAD_SIZE`` entries) is summed in local
+variables, one per entry, stored after the sample loop: with nothing stored per sample but the
+values themselves, the sample loop of a tiny model vectorizes across samples (W1: 3.7 → 1.8 ms).
+Larger ones add a row δ_j·vᵀ at a time, skipping rows where δ_j is 0 (inactive ReLU units).
+
 ``_step`` is compiled with ``fastmath={"reassoc", "contract"}``: sums may be reordered and
 multiply-adds fused (so the reductions vectorize, as BLAS reorders them too); no flag assumes
 away NaN or infinity, so divergence still shows as a non-finite loss.
@@ -27,6 +32,7 @@ the scalar at the loop indices (``z1[_i, _j0]``, ``W1[_j0, _r]``, ``X[_i, _r]``,
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -43,6 +49,10 @@ from .printers import CodegenError, NumbaPrinter
 
 GEMM_MIN_SIZE = 8
 """A parameter matrix with at least this many entries is multiplied by the batch with BLAS."""
+
+LOCAL_GRAD_SIZE = 8
+"""A gradient with at most this many entries is summed in local variables, one per entry: with
+no store inside the sample loop, the compiler can vectorize that loop across samples."""
 
 _ELEMENTWISE = (sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.Abs, sp.sign,
                 Elementwise)
@@ -152,6 +162,8 @@ class _Kernel:
         self.buffers: list[Buffer] = []
         self.out: list[tuple[bool, list[str | _Nest]]] = []  # (sample loop?, items) blocks
         self.segment: list[str | _Nest] = []  # the body of the open sample loop
+        self.before: list[str] = []  # lines just before the open sample loop …
+        self.after: list[str] = []  # … and just after it (local gradient sums)
         self.prologue: list[str] = []  # zeroing of accumulated gradients
         self.deferred: list[str] = []  # gradient matrix products after the last loop
         self.scalars: dict[sp.Expr, sp.Symbol] = {}  # hoisted per-sample scalars (open loop)
@@ -236,8 +248,8 @@ class _Kernel:
     def close(self) -> None:
         """End the open sample loop (a whole-batch operation follows)."""
         if self.segment:
-            self.out.append((True, self.segment))
-        self.segment = []
+            self.out += [(False, self.before), (True, self.segment), (False, self.after)]
+        self.segment, self.before, self.after = [], [], []
         self.scalars = {}
 
     # --------------------------------------------------------- element access
@@ -443,6 +455,14 @@ class _Kernel:
         gemm = self.batch_outer(expr) if math.prod(shape) >= GEMM_MIN_SIZE else None
         if gemm is not None:
             self.deferred += [self.comment(step), f"np.dot({gemm[0]}.T, {gemm[1]}, {name})"]
+        elif expr != 0 and math.prod(shape) <= LOCAL_GRAD_SIZE:
+            self.segment.append(self.comment(step))
+            for index in itertools.product(*(range(size) for size in shape)):
+                at = [str(k) for k in index] if param.shape else []
+                local = self.fresh("_g")
+                self.before.append(f"{local} = _F(0)")
+                self.segment.append(f"{local} += {self.print(self.at(expr, at))}")
+                self.after.append(f"{name}[{_index([str(k) for k in index])}] = {local}")
         else:
             self.prologue.append(f"{name}[:] = 0")
             outer = self.outer_factors(expr)

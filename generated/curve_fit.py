@@ -173,10 +173,10 @@ def _step(_a, _k, _c, X, Y, _grads, _bufs):
     k = _k[0]
     c = _c[0]
     (grad_a, grad_k, grad_c) = _grads
-    grad_a[:] = 0
-    grad_k[:] = 0
-    grad_c[:] = 0
     _total = 0.0
+    _g1 = _F(0)
+    _g2 = _F(0)
+    _g3 = _F(0)
     for _i in range(n):
         # (1) yhat = a·exp(−k·t) + c
         yhat = c + a*np.exp(-k*X[_i, 0])
@@ -186,12 +186,14 @@ def _step(_a, _k, _c, X, Y, _grads, _bufs):
         # (3) δ_yhat = 2·(−y + yhat)
         delta_yhat = _F(2)*yhat + (_F(-2))*Y[_i, 0]
         # (4) ∂L/∂a = δ_yhat·exp(−k·t)   (mean over the batch)
-        for _j0 in range(1):
-            grad_a[_j0] += delta_yhat*np.exp(-k*X[_i, 0])
-            # (5) ∂L/∂k = −a·δ_yhat·t·exp(−k·t)   (mean over the batch)
-            grad_k[_j0] += -a*X[_i, 0]*delta_yhat*np.exp(-k*X[_i, 0])
-            # (6) ∂L/∂c = δ_yhat   (mean over the batch)
-            grad_c[_j0] += delta_yhat
+        _g1 += delta_yhat*np.exp(-k*X[_i, 0])
+        # (5) ∂L/∂k = −a·δ_yhat·t·exp(−k·t)   (mean over the batch)
+        _g2 += -a*X[_i, 0]*delta_yhat*np.exp(-k*X[_i, 0])
+        # (6) ∂L/∂c = δ_yhat   (mean over the batch)
+        _g3 += delta_yhat
+    grad_a[0] = _g1
+    grad_k[0] = _g2
+    grad_c[0] = _g3
     return _total/n
 
 

@@ -165,8 +165,8 @@ def _step(w, _b, X, Y, _grads, _bufs):
     b = _b[0]
     (grad_w, grad_b) = _grads
     grad_w[:] = 0
-    grad_b[:] = 0
     _total = 0.0
+    _g2 = _F(0)
     for _i in range(n):
         _s1 = _F(0)
         for _r in range(30):
@@ -182,8 +182,8 @@ def _step(w, _b, X, Y, _grads, _bufs):
         for _j0 in range(30):
             grad_w[_j0] += delta_z*X[_i, _j0]
         # (5) ∂L/∂b = δ_z   (mean over the batch)
-        for _j0 in range(1):
-            grad_b[_j0] += delta_z
+        _g2 += delta_z
+    grad_b[0] = _g2
     return _total/n
 
 

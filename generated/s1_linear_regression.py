@@ -164,9 +164,11 @@ def _step(w, _b, X, Y, _grads, _bufs):
     _zero = _F(0)
     b = _b[0]
     (grad_w, grad_b) = _grads
-    grad_w[:] = 0
-    grad_b[:] = 0
     _total = 0.0
+    _g2 = _F(0)
+    _g3 = _F(0)
+    _g4 = _F(0)
+    _g5 = _F(0)
     for _i in range(n):
         _s1 = _F(0)
         for _r in range(3):
@@ -179,11 +181,15 @@ def _step(w, _b, X, Y, _grads, _bufs):
         # (3) δ_yhat = −y + yhat
         delta_yhat = yhat - Y[_i, 0]
         # (4) ∂L/∂w = δ_yhat·x   (mean over the batch)
-        for _j0 in range(3):
-            grad_w[_j0] += delta_yhat*X[_i, _j0]
+        _g2 += delta_yhat*X[_i, 0]
+        _g3 += delta_yhat*X[_i, 1]
+        _g4 += delta_yhat*X[_i, 2]
         # (5) ∂L/∂b = δ_yhat   (mean over the batch)
-        for _j0 in range(1):
-            grad_b[_j0] += delta_yhat
+        _g5 += delta_yhat
+    grad_w[0] = _g2
+    grad_w[1] = _g3
+    grad_w[2] = _g4
+    grad_b[0] = _g5
     return _total/n
 
 

@@ -183,12 +183,20 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
     _zero = _F(0)
     (grad_W1, grad_b1, grad_W2, grad_b2) = _grads
     (z1, h, yhat, delta_yhat, delta_z1) = _bufs
-    grad_W2[:] = 0
-    grad_b2[:] = 0
-    grad_b1[:] = 0
     _total = 0.0
     # (1) z1 = b1 + W1 x
     np.dot(X, W1.T, z1[:n])
+    _g3 = _F(0)
+    _g4 = _F(0)
+    _g5 = _F(0)
+    _g6 = _F(0)
+    _g7 = _F(0)
+    _g8 = _F(0)
+    _g9 = _F(0)
+    _g10 = _F(0)
+    _g11 = _F(0)
+    _g12 = _F(0)
+    _g13 = _F(0)
     for _i in range(n):
         for _j0 in range(5):
             z1[_i, _j0] = b1[_j0] + z1[_i, _j0]
@@ -209,13 +217,14 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
         # (5) δ_yhat = 2·(−y + yhat)
         for _j0 in range(1):
             delta_yhat[_i, _j0] = (_F(-2))*Y[_i, 0] + _F(2)*yhat[_i, _j0]
-            # (6) ∂L/∂W2 = δ_yhat hᵀ   (mean over the batch)
-            _d = delta_yhat[_i, _j0]
-            if _d != 0:
-                for _j1 in range(5):
-                    grad_W2[_j0, _j1] += _d*h[_i, _j1]
-            # (7) ∂L/∂b2 = δ_yhat   (mean over the batch)
-            grad_b2[_j0] += delta_yhat[_i, _j0]
+        # (6) ∂L/∂W2 = δ_yhat hᵀ   (mean over the batch)
+        _g3 += delta_yhat[_i, 0]*h[_i, 0]
+        _g4 += delta_yhat[_i, 0]*h[_i, 1]
+        _g5 += delta_yhat[_i, 0]*h[_i, 2]
+        _g6 += delta_yhat[_i, 0]*h[_i, 3]
+        _g7 += delta_yhat[_i, 0]*h[_i, 4]
+        # (7) ∂L/∂b2 = δ_yhat   (mean over the batch)
+        _g8 += delta_yhat[_i, 0]
         # (8) δ_h = W2ᵀ δ_yhat
         for _j0 in range(5):
             _acc = _F(0)
@@ -224,8 +233,23 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
             delta_h = _acc
             # (9) δ_z1 = δ_h ⊙ step(z1)
             delta_z1[_i, _j0] = delta_h*(z1[_i, _j0] > 0)
-            # (11) ∂L/∂b1 = δ_z1   (mean over the batch)
-            grad_b1[_j0] += delta_z1[_i, _j0]
+        # (11) ∂L/∂b1 = δ_z1   (mean over the batch)
+        _g9 += delta_z1[_i, 0]
+        _g10 += delta_z1[_i, 1]
+        _g11 += delta_z1[_i, 2]
+        _g12 += delta_z1[_i, 3]
+        _g13 += delta_z1[_i, 4]
+    grad_W2[0, 0] = _g3
+    grad_W2[0, 1] = _g4
+    grad_W2[0, 2] = _g5
+    grad_W2[0, 3] = _g6
+    grad_W2[0, 4] = _g7
+    grad_b2[0] = _g8
+    grad_b1[0] = _g9
+    grad_b1[1] = _g10
+    grad_b1[2] = _g11
+    grad_b1[3] = _g12
+    grad_b1[4] = _g13
     # (10) ∂L/∂W1 = δ_z1 xᵀ   (mean over the batch)
     np.dot(delta_z1[:n].T, X, grad_W1)
     return _total/n
