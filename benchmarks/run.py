@@ -46,6 +46,12 @@ def _early_threads() -> None:
         flags = os.environ.get("XLA_FLAGS", "")
         extra = f"--xla_cpu_multi_thread_eigen={'false' if n == '1' else 'true'} intra_op_parallelism_threads={n}"
         os.environ["XLA_FLAGS"] = (flags + " " + extra).strip()
+        # XLA (jax 0.10) ignores those flags and runs a pool on every core: under --threads 1
+        # its W6 reached 118 GFLOP/s, above the one-core GEMM peak of 99. Pinning the process
+        # (and the memory probes it starts) to N cores holds every library to N.
+        if hasattr(os, "sched_setaffinity"):
+            allowed = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, allowed[:max(1, int(n))])
 
 
 if __name__ == "__main__":

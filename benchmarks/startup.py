@@ -87,8 +87,10 @@ def _first_step(module, train: dict, dtype: str) -> None:
                epochs=1, batch_size=batch)
 
 
-def child_cold(key: str, modules: str, dtype: str) -> dict:
-    """derive → load_run_module (generate, check, install, import) → first step."""
+def child_symgrad(key: str, modules: str, dtype: str) -> dict:
+    """symgrad train's path: derive → load_run_module → first step. With an empty module folder
+    and cache that is the cold start (generate, check, install, import); with both filled by an
+    earlier cold run, the warm start of ``symgrad train``."""
     t_start = _T0
     sys.path.insert(0, str(ROOT))
     from symbolic import derive
@@ -104,7 +106,7 @@ def child_cold(key: str, modules: str, dtype: str) -> dict:
     t_step = time.perf_counter()
     return {"path": str(path), "import": t_import - t_start, "derive": t_derive - t_import,
             "generate": t_generate - t_derive, "first_step": t_step - t_generate,
-            "total": t_step - t_start, "cpu": time.thread_time()}
+            "total": t_step - t_start, "cpu": time.thread_time(), **_compiled(module)}
 
 
 def child_warm(path: str, train: str, dtype: str) -> dict:
@@ -121,26 +123,6 @@ def child_warm(path: str, train: str, dtype: str) -> dict:
     _first_step(module, json.loads(train), dtype)
     t_step = time.perf_counter()
     return {"import": t_import - t_start, "first_step": t_step - t_import,
-            "total": t_step - t_start, "cpu": time.thread_time(), **_compiled(module)}
-
-
-def child_warm_symgrad(key: str, modules: str, dtype: str) -> dict:
-    """symgrad train's path with everything cached: derive → current module found → step."""
-    t_start = _T0
-    sys.path.insert(0, str(ROOT))
-    from symbolic import derive
-    from symgrad.runs import load_run_module
-
-    t_import = time.perf_counter()
-    spec = _spec(key)
-    d = derive(spec)
-    t_derive = time.perf_counter()
-    module, _ = load_run_module(d, modules)
-    t_generate = time.perf_counter()
-    _first_step(module, spec.to_dict().get("train", {}), dtype)
-    t_step = time.perf_counter()
-    return {"import": t_import - t_start, "derive": t_derive - t_import,
-            "generate": t_generate - t_derive, "first_step": t_step - t_generate,
             "total": t_step - t_start, "cpu": time.thread_time(), **_compiled(module)}
 
 
@@ -186,12 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         mode, key, arg, dtype = args.child
-        if mode == "cold":
-            result = child_cold(key, arg, dtype)
-        elif mode == "warm":
+        if mode == "warm":
             result = child_warm(key, arg, dtype)
-        else:
-            result = child_warm_symgrad(key, arg, dtype)
+        else:  # "cold" or "warm-symgrad": the same path, empty or filled folders
+            result = child_symgrad(key, arg, dtype)
         print(json.dumps(result))
         return 0
 
