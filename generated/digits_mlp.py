@@ -153,6 +153,7 @@ def _buffers(rows, like):
         np.empty((rows, 128), like.dtype),  # z1
         np.empty((rows, 128), like.dtype),  # h
         np.empty((rows, 10), like.dtype),  # z
+        np.empty((rows, 10), like.dtype),  # _e2
         np.empty((rows, 10), like.dtype),  # delta_z
         np.empty((rows, 128), like.dtype),  # delta_h
         np.empty((rows, 128), like.dtype),  # delta_z1
@@ -183,7 +184,7 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
     _one = _F(1)
     _zero = _F(0)
     (grad_W1, grad_b1, grad_W2, grad_b2) = _grads
-    (z1, h, z, delta_z, delta_h, delta_z1) = _bufs
+    (z1, h, z, _e2, delta_z, delta_h, delta_z1) = _bufs
     grad_b2[:] = 0
     grad_b1[:] = 0
     _total = 0.0
@@ -204,14 +205,15 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
             _s1 = max(_s1, z[_i, _r0])
         _s1_sum = _F(0)
         for _r0 in range(10):
-            _s1_sum += np.exp(z[_i, _r0] - _s1)
+            _e2[_i, _r0] = np.exp(z[_i, _r0] - _s1)
+            _s1_sum += _e2[_i, _r0]
         _s1 = _s1 + np.log(_s1_sum)
         # (4) loss = logsumexp(z) − z[y]
         loss = -z[_i, Y[_i]] + _s1
         _total += loss
         # (5) δ_z = −onehot(y) + softmax(z)
         for _j0 in range(10):
-            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + np.exp(z[_i, _j0] - _s1)
+            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + _e2[_i, _j0]/_s1_sum
             # (7) ∂L/∂b2 = δ_z   (mean over the batch)
             grad_b2[_j0] += delta_z[_i, _j0]
     # (8) δ_h = W2ᵀ δ_z

@@ -137,6 +137,7 @@ def _buffers(rows, like):
     """One buffer per value of the training kernel, for batches of up to ``rows`` samples."""
     return (
         np.empty((rows, 10), like.dtype),  # z
+        np.empty((rows, 10), like.dtype),  # _e3
         np.empty((rows, 10), like.dtype),  # delta_z
     )
 
@@ -163,7 +164,7 @@ def _step(W, b, X, Y, _grads, _bufs):
     _one = _F(1)
     _zero = _F(0)
     (grad_W, grad_b) = _grads
-    (z, delta_z) = _bufs
+    (z, _e3, delta_z) = _bufs
     grad_b[:] = 0
     _total = 0.0
     # (1) z = b + W x
@@ -179,14 +180,15 @@ def _step(W, b, X, Y, _grads, _bufs):
             _s2 = max(_s2, z[_i, _r0])
         _s2_sum = _F(0)
         for _r0 in range(10):
-            _s2_sum += np.exp(z[_i, _r0] - _s2)
+            _e3[_i, _r0] = np.exp(z[_i, _r0] - _s2)
+            _s2_sum += _e3[_i, _r0]
         _s2 = _s2 + np.log(_s2_sum)
         # (2) loss = logsumexp(z) − y·z
         loss = -_s1 + _s2
         _total += loss
         # (3) δ_z = −y + softmax(z)
         for _j0 in range(10):
-            delta_z[_i, _j0] = -Y[_i, _j0] + np.exp(z[_i, _j0] - _s2)
+            delta_z[_i, _j0] = -Y[_i, _j0] + _e3[_i, _j0]/_s2_sum
             # (5) ∂L/∂b = δ_z   (mean over the batch)
             grad_b[_j0] += delta_z[_i, _j0]
     # (4) ∂L/∂W = δ_z xᵀ   (mean over the batch)

@@ -169,6 +169,7 @@ def _buffers(rows, like):
         np.empty((rows, 16), like.dtype),  # z2
         np.empty((rows, 16), like.dtype),  # h2
         np.empty((rows, 3), like.dtype),  # z
+        np.empty((rows, 3), like.dtype),  # _e2
         np.empty((rows, 3), like.dtype),  # delta_z
         np.empty((rows, 16), like.dtype),  # delta_h2
         np.empty((rows, 16), like.dtype),  # delta_z2
@@ -203,7 +204,7 @@ def _step(W1, b1, W2, b2, W3, b3, X, Y, _grads, _bufs):
     _one = _F(1)
     _zero = _F(0)
     (grad_W1, grad_b1, grad_W2, grad_b2, grad_W3, grad_b3) = _grads
-    (z1, h1, z2, h2, z, delta_z, delta_h2, delta_z2, delta_h1, delta_z1) = _bufs
+    (z1, h1, z2, h2, z, _e2, delta_z, delta_h2, delta_z2, delta_h1, delta_z1) = _bufs
     grad_b2[:] = 0
     grad_b1[:] = 0
     _total = 0.0
@@ -223,9 +224,9 @@ def _step(W1, b1, W2, b2, W3, b3, X, Y, _grads, _bufs):
             h2[_i, _j0] = np.tanh(z2[_i, _j0])
     # (5) z = b3 + W3 h2
     np.dot(h2[:n], W3.T, z[:n])
-    _g2 = _F(0)
     _g3 = _F(0)
     _g4 = _F(0)
+    _g5 = _F(0)
     for _i in range(n):
         for _j0 in range(3):
             z[_i, _j0] = b3[_j0] + z[_i, _j0]
@@ -234,21 +235,22 @@ def _step(W1, b1, W2, b2, W3, b3, X, Y, _grads, _bufs):
             _s1 = max(_s1, z[_i, _r0])
         _s1_sum = _F(0)
         for _r0 in range(3):
-            _s1_sum += np.exp(z[_i, _r0] - _s1)
+            _e2[_i, _r0] = np.exp(z[_i, _r0] - _s1)
+            _s1_sum += _e2[_i, _r0]
         _s1 = _s1 + np.log(_s1_sum)
         # (6) loss = logsumexp(z) − z[y]
         loss = -z[_i, Y[_i]] + _s1
         _total += loss
         # (7) δ_z = −onehot(y) + softmax(z)
         for _j0 in range(3):
-            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + np.exp(z[_i, _j0] - _s1)
+            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + _e2[_i, _j0]/_s1_sum
         # (9) ∂L/∂b3 = δ_z   (mean over the batch)
-        _g2 += delta_z[_i, 0]
-        _g3 += delta_z[_i, 1]
-        _g4 += delta_z[_i, 2]
-    grad_b3[0] = _g2
-    grad_b3[1] = _g3
-    grad_b3[2] = _g4
+        _g3 += delta_z[_i, 0]
+        _g4 += delta_z[_i, 1]
+        _g5 += delta_z[_i, 2]
+    grad_b3[0] = _g3
+    grad_b3[1] = _g4
+    grad_b3[2] = _g5
     # (10) δ_h2 = W3ᵀ δ_z
     np.dot(delta_z[:n], W3, delta_h2[:n])
     for _i in range(n):
