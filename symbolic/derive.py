@@ -337,8 +337,26 @@ def _finish(terms: list[sp.Expr], shape: Shape, shapes: dict) -> sp.Expr:
     return _to_shape(total, shape, shapes)
 
 
+TIDY_MAX_TERMS = 64
+"""A chain-rule sum whose expansion would have more terms is left as it is: expanding products
+of sums grows exponentially (a random nested formula made one gradient take minutes)."""
+
+
+def _expanded_terms(expr: sp.Expr) -> int:
+    """An upper bound of the number of terms ``sp.expand(expr)`` has, at any depth."""
+    if expr.is_Add:
+        return sum(_expanded_terms(a) for a in expr.args)
+    if expr.is_Mul:
+        return math.prod(_expanded_terms(a) for a in expr.args)
+    if expr.is_Pow and expr.exp.is_Integer and expr.exp > 0:
+        return _expanded_terms(expr.base) ** int(expr.exp)
+    return max([1, *(_expanded_terms(a) for a in expr.args)])
+
+
 def _tidy(expr: sp.Expr) -> sp.Expr:
     """Expand when it makes the expression smaller (e.g. −y(1 − σ) + (1 − y)σ → σ − y)."""
+    if _expanded_terms(expr) > TIDY_MAX_TERMS:
+        return expr
     expanded = sp.factor_terms(sp.expand(expr))
     return expanded if sp.count_ops(expanded) < sp.count_ops(expr) else expr
 

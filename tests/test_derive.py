@@ -3,6 +3,7 @@ simplifications of the seed documents appear, and the cost does not grow with la
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from symbolic import Reference, Spec, derive, load_spec
 from symbolic.functions import MatProd, OneHot, Outer, Relu, Softmax, Step, Transposed
 from symbolic.verify import verify_reference
+
+derive_module = importlib.import_module("symbolic.derive")  # the package exports derive(), too
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml")) + [ROOT / "symgrad/specs/digits_mlp.toml"]
@@ -235,3 +238,26 @@ def test_random_compositions_pass_the_finite_difference_check(expr, loss, m, d, 
     report = verify_reference(derivation, seed=seed)
     assert report.status != "wrong", report.table() + "\n" + "\n".join(report.failures())
     assert report.ok or report.status in ("inconclusive", "too small to judge"), report.table()
+
+
+def test_a_product_of_many_sums_is_not_multiplied_out(monkeypatch):
+    """Expanding the gradient of Π_k (w_k x + b) would give 12·2¹¹ terms (half a minute of
+    SymPy): the chain-rule sum is kept factored, and its gradient still passes the FD check."""
+    expand, sizes = sp.expand, []
+
+    def recording_expand(expr, *args, **kwargs):
+        sizes.append(derive_module._expanded_terms(sp.sympify(expr)))
+        return expand(expr, *args, **kwargs)
+
+    monkeypatch.setattr(derive_module.sp, "expand", recording_expand)
+    k = 12
+    params = {f"w{i}": {} for i in range(k)} | {"b": {}}
+    product = " * ".join(f"(w{i} * x + b)" for i in range(k))
+    spec = Spec.build(name="many_sums", inputs={"x": 1}, targets={"y": 1}, params=params,
+                      model={"yhat": product}, loss="mse(yhat, y)")
+    d = derive(spec)
+    monkeypatch.undo()
+    assert sizes and max(sizes) <= derive_module.TIDY_MAX_TERMS
+    assert len(sp.Add.make_args(d.grads["b"].expr)) <= 2 * k
+    report = verify_reference(d, seed=0)
+    assert report.ok, report.table()
