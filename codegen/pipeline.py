@@ -121,6 +121,14 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _restore_module(name: str, previous: Any) -> None:
+    """Put back what ``sys.modules[name]`` was (nothing, or ``previous``)."""
+    if previous is None:
+        sys.modules.pop(name, None)
+    else:
+        sys.modules[name] = previous
+
+
 def load_module(path: str | os.PathLike, name: str | None = None):
     """Import a generated module from its file path, as module ``name`` (default: the file stem).
 
@@ -268,10 +276,7 @@ def _staged(text: str, stem: str, name: str):
         cache_folders = _disable_disk_cache(module)
         yield module
     finally:
-        if previous is None:
-            sys.modules.pop(name, None)
-        else:
-            sys.modules[name] = previous
+        _restore_module(name, previous)
         shutil.rmtree(folder, ignore_errors=True)
         for cache_folder in cache_folders:
             if cache_folder != folder and folder not in cache_folder.parents:
@@ -479,7 +484,4 @@ def _verify_installed(target: Path, text: str, d: Derivation, seed: int) -> Chec
             _delete_module_cache(module)
         return report
     finally:
-        if previous is None:
-            sys.modules.pop(stem, None)
-        else:
-            sys.modules[stem] = previous
+        _restore_module(stem, previous)
