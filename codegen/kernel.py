@@ -120,9 +120,19 @@ class KernelText:
     grads: tuple[Buffer, ...]  # one per parameter (no rows dimension)
 
 
-def _reads(name: str, lines: list[str]) -> bool:
-    """Whether ``lines`` index the array ``name``."""
-    return any(re.search(rf"(?<![\w.]){re.escape(name)}\[", line) for line in lines)
+def _indexing(name: str) -> re.Pattern:
+    """``name[...]`` in printed code (not ``other_name[...]``), the index text as group 1."""
+    return re.compile(rf"(?<![\w.]){re.escape(name)}\[([^\]]*)\]")
+
+
+def _subscripts(name: str, lines: list[str]) -> list[str]:
+    """The index text of every ``name[...]`` in ``lines``, e.g. ``"_i, _j0"``."""
+    pattern = _indexing(name)
+    return [m.group(1) for line in lines for m in pattern.finditer(line)]
+
+
+def _text(item: "str | _Nest") -> list[str]:
+    return item.body if isinstance(item, _Nest) else [item]
 
 
 def _index(names: list[str]) -> str:
@@ -145,9 +155,7 @@ class _Nest:
         if (self.shape, self.idx) != (shape, tuple(idx)):
             return False
         here = f"_i, {_index(idx)}"
-        text = "\n".join(body)
-        return all(m.group(1) == here for name in self.writes
-                   for m in re.finditer(rf"(?<![\w.]){re.escape(name)}\[([^\]]*)\]", text))
+        return all(s == here for name in self.writes for s in _subscripts(name, body))
 
     def lines(self) -> list[str]:
         head = [self.comment] if self.comment else []
@@ -413,9 +421,7 @@ class _Kernel:
 
     def value_step(self, step: Step, expr: sp.Expr) -> None:
         shape = step.shape
-        sym = self.d.symbol(step.name)
-        self.kinds[sym] = "value"
-        self.buffers.append(Buffer(step.name, shape or (1,)))
+        sym = self.new_value(step.name, shape)
         # a product W·u, alone or plus other terms (W x + b), is computed into the step's own
         # buffer: the other terms are added in the same loop, or in place after a BLAS call
         terms = sp.Add.make_args(expr)
@@ -492,35 +498,30 @@ class _Kernel:
         """A value read only where it is computed — a per-sample scalar in its own sample loop,
         a tensor in its own loop nest at the nest's indices — is a local variable, not a buffer:
         a store and a reload per element saved."""
-        def text(item: str | _Nest) -> list[str]:
-            return item.body if isinstance(item, _Nest) else [item]
-
         for buffer in list(self.buffers):
-            shape = self.shapes[sp.Symbol(buffer.name, real=True)]
-            users = [(loop, items, item) for loop, items in self.out for item in items
-                     if _reads(buffer.name, text(item))]
-            if not users or _reads(buffer.name, self.deferred) or \
-                    not all(loop and items is users[0][1] for loop, items, _ in users):
+            name = buffer.name
+            shape = self.shapes[sp.Symbol(name, real=True)]
+            users = [(loop, items) for loop, items in self.out
+                     if any(_subscripts(name, _text(item)) for item in items)]
+            if len(users) != 1 or not users[0][0] or _subscripts(name, self.deferred):
                 continue
             items = users[0][1]
+            readers = [k for k, item in enumerate(items) if _subscripts(name, _text(item))]
             if shape:  # only its own nest, at the nest's indices
-                if len(users) != 1 or not isinstance(users[0][2], _Nest) or \
-                        users[0][2].shape != shape:
+                nest = items[readers[0]]
+                if len(readers) != 1 or not isinstance(nest, _Nest) or nest.shape != shape:
                     continue
-                scope, here = [users[0][2]], f"_i, {_index(list(users[0][2].idx))}"
+                here = f"_i, {_index(list(nest.idx))}"
             else:
-                scope, here = [item for _, _, item in users], "_i, 0"
-            element = re.compile(rf"(?<![\w.]){re.escape(buffer.name)}\[{re.escape(here)}\]")
-            renamed = {id(item): [element.sub(buffer.name, line) for line in text(item)]
-                       for item in scope}
-            if any(_reads(buffer.name, lines) for lines in renamed.values()):
+                here = "_i, 0"
+            if any(s != here for k in readers for s in _subscripts(name, _text(items[k]))):
                 continue
-            for k, item in enumerate(items):
-                if id(item) in renamed:
-                    if isinstance(item, _Nest):
-                        item.body[:] = renamed[id(item)]
-                    else:
-                        items[k] = renamed[id(item)][0]
+            for k in readers:
+                renamed = [_indexing(name).sub(name, line) for line in _text(items[k])]
+                if isinstance(items[k], _Nest):
+                    items[k].body[:] = renamed
+                else:
+                    items[k] = renamed[0]
             self.buffers.remove(buffer)
 
     def run(self, steps: list[tuple[Step, sp.Expr]]) -> KernelText:

@@ -185,12 +185,10 @@ def recover_numba_cache(module: Any) -> list[str]:
     the names of the functions whose cache was cleared.
     """
     cleared: list[str] = []
-    seen: set[int] = set()
-    for attr, obj in sorted(vars(module).items()):
-        cache_file = getattr(getattr(obj, "_cache", None), "_cache_file", None)
-        if cache_file is None or id(cache_file) in seen:
+    for attr, dispatcher in _dispatchers(module).items():
+        cache_file = _cache_file(dispatcher)
+        if cache_file is None:
             continue
-        seen.add(id(cache_file))
         try:
             for key in list(cache_file._load_index()):
                 cache_file.load(key)
@@ -213,23 +211,29 @@ def _delete_cache_entries(cache_file: Any) -> Path:
     return folder
 
 
-def _dispatchers(module: Any) -> list[Any]:
-    """The ``@njit`` functions of a module, each once (``epoch_order = _epoch_order`` aliases)."""
+def _dispatchers(module: Any) -> dict[str, Any]:
+    """The ``@njit`` functions of a module by name, each once (under the first of its names in
+    sorted order: ``_epoch_order``, not its alias ``epoch_order``)."""
     try:
         from numba.core.dispatcher import Dispatcher
     except ImportError:  # pragma: no cover - numba is a dependency
-        return []
-    found: dict[int, Any] = {}
-    for _, obj in sorted(vars(module).items()):
+        return {}
+    found: dict[int, tuple[str, Any]] = {}
+    for name, obj in sorted(vars(module).items()):
         if isinstance(obj, Dispatcher):
-            found.setdefault(id(obj), obj)
-    return list(found.values())
+            found.setdefault(id(obj), (name, obj))
+    return dict(found.values())
+
+
+def _cache_file(dispatcher: Any) -> Any:
+    """Numba's cache file object of a dispatcher (None when it has no disk cache)."""
+    return getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
 
 
 def _delete_module_cache(module: Any) -> None:
     """Delete the Numba cache entries of every function of an imported generated module."""
-    for dispatcher in _dispatchers(module):
-        cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    for dispatcher in _dispatchers(module).values():
+        cache_file = _cache_file(dispatcher)
         if cache_file is not None:
             with contextlib.suppress(Exception):
                 _delete_cache_entries(cache_file)
@@ -244,7 +248,7 @@ def _disable_disk_cache(module: Any) -> list[Path]:
     from numba.core.caching import NullCache
 
     folders = []
-    for dispatcher in _dispatchers(module):
+    for dispatcher in _dispatchers(module).values():
         folder = getattr(getattr(dispatcher, "_cache", None), "_cache_path", None)
         if folder:
             folders.append(Path(folder))
@@ -301,7 +305,7 @@ def save_compiled(module: Any, path: str | os.PathLike) -> int:
         return 0
     target = str(Path(path).resolve())
     saved = 0
-    for dispatcher in _dispatchers(module):
+    for dispatcher in _dispatchers(module).values():
         overloads = list(dispatcher.overloads.items())
         if not overloads:
             continue

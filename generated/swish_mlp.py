@@ -507,8 +507,8 @@ def _fit_epochs(W1, b1, W2, b2,
 # --------------------------------------------------------------------------- Python API
 
 
-def _arrays(params, dtype=None, copy=False):
-    """Parameter arrays in PARAM_NAMES order, C-contiguous; scalars as shape (1,) arrays."""
+def _values(params):
+    """The parameters (a dict, Params or sequence) as a list in PARAM_NAMES order."""
     if isinstance(params, dict):
         missing = [name for name in PARAM_NAMES if name not in params]
         if missing:
@@ -516,6 +516,12 @@ def _arrays(params, dtype=None, copy=False):
         params = [params[name] for name in PARAM_NAMES]
     if len(params) != len(PARAM_NAMES):
         raise ValueError(f"expected {len(PARAM_NAMES)} parameter arrays ({', '.join(PARAM_NAMES)})")
+    return list(params)
+
+
+def _arrays(params, dtype=None, copy=False):
+    """Parameter arrays in PARAM_NAMES order, C-contiguous; scalars as shape (1,) arrays."""
+    params = _values(params)
     if dtype is None:
         dtype = np.result_type(*[np.asarray(p).dtype for p in params])
         if dtype not in (np.float32, np.float64):
@@ -611,9 +617,7 @@ _MOMENTS = {"gd": "", "sgd": "", "momentum": "m", "nesterov": "m", "rmsprop": "v
 
 def _in_place(params):
     """The arrays of params themselves (as flat-compatible views), for fit(inplace=True)."""
-    values = [params[name] for name in PARAM_NAMES] if isinstance(params, dict) else list(params)
-    if len(values) != len(PARAM_NAMES):
-        raise ValueError(f"expected {len(PARAM_NAMES)} parameter arrays ({', '.join(PARAM_NAMES)})")
+    values = _values(params)
     out = []
     for name, shape, value in zip(PARAM_NAMES, PARAM_SHAPES, values):
         ok = (isinstance(value, np.ndarray) and value.shape == shape
