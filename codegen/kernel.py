@@ -131,6 +131,58 @@ def _subscripts(name: str, lines: list[str]) -> list[str]:
     return [m.group(1) for line in lines for m in pattern.finditer(line)]
 
 
+def _flat_index(idx: list[str], shape: Shape) -> str:
+    """The row-major offset of indices ``idx`` into an array of ``shape``."""
+    if not idx:
+        return "0"
+    text = idx[0]
+    for i, size in zip(idx[1:], shape[1:]):
+        text = f"({text})*{size} + {i}"
+    return text
+
+
+def _flat_access(line: str, name: str, shape: Shape) -> tuple[str, bool]:
+    """``line`` with every ``name[_i, a, b…]`` (per-sample shape ``shape``) written as
+    ``_f_name[_i*size + flat(a, b…)]``; and whether there was one."""
+    size = math.prod(shape)
+    out, pos, found = [], 0, False
+    for m in _indexing(name).finditer(line):
+        if m.start() < pos:
+            continue
+        depth, end = 0, m.start() + len(name)
+        for end in range(end, len(line)):  # the bracket that closes name[
+            depth += {"[": 1, "]": -1}.get(line[end], 0)
+            if depth == 0:
+                break
+        parts = _top_level_split(line[m.start() + len(name) + 1:end])
+        if parts[0] != "_i":
+            continue
+        text = _flat_index(parts[1:], shape)
+        row = "_i" if size == 1 else f"_i*{size}"
+        flat = row if text == "0" else f"{row} + {text}"
+        out += [line[pos:m.start()], f"_f_{name}[{flat}]"]
+        pos, found = end + 1, True
+    return "".join(out) + line[pos:], found
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and parentheses, each part stripped."""
+    parts, depth, start = [], 0, 0
+    for k, c in enumerate(text):
+        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(c, 0)
+        if c == "," and depth == 0:
+            parts.append(text[start:k].strip())
+            start = k + 1
+    return parts + [text[start:].strip()]
+
+
+def _single_entry(subscript: str) -> bool:
+    """Whether ``subscript`` (``_i, …``) indexes a sample's only entry: 0 or a loop index
+    (the loops over a one-entry shape run once, at 0)."""
+    parts = _top_level_split(subscript)
+    return parts[0] == "_i" and all(p == "0" or re.fullmatch(r"_[jr]\d*", p) for p in parts[1:])
+
+
 def _text(item: "str | _Nest") -> list[str]:
     return item.body if isinstance(item, _Nest) else [item]
 
@@ -203,14 +255,6 @@ class _Kernel:
     def print(self, e: sp.Expr) -> str:
         return ScalarPrinter(self.names).statement(e)
 
-    def flat(self, idx: list[str], shape: Shape) -> str:
-        if not shape:
-            return "0"
-        text = idx[0]
-        for i, size in zip(idx[1:], shape[1:]):
-            text = f"({text})*{size} + {i}"
-        return text
-
     def access(self, sym: sp.Symbol, idx: list[str]) -> str:
         kind, shape = self.kinds[sym], self.shapes[sym]
         if kind == "param":
@@ -218,11 +262,11 @@ class _Kernel:
         if kind == "acc":
             return "_acc"
         if kind == "input":
-            return f"X[_i, {self.flat(idx, shape)}]"
+            return f"X[_i, {_flat_index(idx, shape)}]"
         if kind == "target":
             if self.classes is not None:
                 return "Y[_i]"
-            return f"Y[_i, {self.flat(idx, shape)}]"
+            return f"Y[_i, {_flat_index(idx, shape)}]"
         return f"{sym.name}[_i, {_index(idx) if shape else '0'}]"
 
     def label(self, y: sp.Expr) -> str:
@@ -495,9 +539,9 @@ class _Kernel:
                           self.comment(step))
 
     def localize(self) -> None:
-        """A value read only where it is computed — a per-sample scalar in its own sample loop,
-        a tensor in its own loop nest at the nest's indices — is a local variable, not a buffer:
-        a store and a reload per element saved."""
+        """A value read only where it is computed — a per-sample scalar (or one-entry tensor)
+        in its own sample loop, a tensor in its own loop nest at the nest's indices — is a
+        local variable, not a buffer: a store and a reload per element saved."""
         for buffer in list(self.buffers):
             name = buffer.name
             shape = self.shapes[sp.Symbol(name, real=True)]
@@ -507,15 +551,16 @@ class _Kernel:
                 continue
             items = users[0][1]
             readers = [k for k, item in enumerate(items) if _subscripts(name, _text(item))]
-            if shape:  # only its own nest, at the nest's indices
+            subscripts = [s for k in readers for s in _subscripts(name, _text(items[k]))]
+            if math.prod(shape) == 1:  # a scalar or one entry: every index is 0 (or a loop
+                if not all(map(_single_entry, subscripts)):  # over range(1))
+                    continue
+            else:  # only its own nest, at the nest's indices
                 nest = items[readers[0]]
                 if len(readers) != 1 or not isinstance(nest, _Nest) or nest.shape != shape:
                     continue
-                here = f"_i, {_index(list(nest.idx))}"
-            else:
-                here = "_i, 0"
-            if any(s != here for k in readers for s in _subscripts(name, _text(items[k]))):
-                continue
+                if any(s != f"_i, {_index(list(nest.idx))}" for s in subscripts):
+                    continue
             for k in readers:
                 renamed = [_indexing(name).sub(name, line) for line in _text(items[k])]
                 if isinstance(items[k], _Nest):
@@ -523,6 +568,39 @@ class _Kernel:
                 else:
                     items[k] = renamed[0]
             self.buffers.remove(buffer)
+
+    def flat_views(self) -> list[str]:
+        """Index the batch arrays of the sample loops through flat views with constant strides.
+
+        ``z1[_i, _j0]`` of a (rows, 5) buffer becomes ``_f_z1[_i*5 + _j0]`` on
+        ``_f_z1 = z1.reshape(z1.size)``: with the row stride a literal instead of the array's
+        run-time stride, the compiler vectorizes a sample loop across samples (W1: 1.7 → 0.3 ms
+        in-process). Returns the lines that make the views.
+        """
+        widths = {b.name: b.shape for b in self.buffers}
+        for sym, kind in self.kinds.items():
+            if kind == "input":
+                widths["X"] = (math.prod(self.shapes[sym]),)
+            elif kind == "target" and self.classes is None:
+                widths["Y"] = (math.prod(self.shapes[sym]),)
+        used: list[str] = []
+
+        def flatten(line: str) -> str:
+            for name, shape in widths.items():
+                line, found = _flat_access(line, name, shape)
+                if found and name not in used:
+                    used.append(name)
+            return line
+
+        for loop, items in self.out:
+            if not loop:
+                continue
+            for k, item in enumerate(items):
+                if isinstance(item, _Nest):
+                    item.body[:] = [flatten(line) for line in item.body]
+                else:
+                    items[k] = flatten(item)
+        return [f"_f_{name} = {name}.reshape({name}.size)" for name in used]
 
     def run(self, steps: list[tuple[Step, sp.Expr]]) -> KernelText:
         for step, expr in steps:
@@ -532,7 +610,7 @@ class _Kernel:
                 self.value_step(step, expr)
         self.close()
         self.localize()
-        lines = [*self.prologue, "_total = 0.0"]
+        lines = [*self.flat_views(), *self.prologue, "_total = 0.0"]
         for loop, items in self.out:
             if not loop:
                 lines += items
