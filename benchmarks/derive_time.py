@@ -30,10 +30,10 @@ def mlp(width: int, hidden: list[int], classes: int = 10, name: str = "mlp") -> 
         params[f"W{i}"] = {"shape": [sizes[i], sizes[i - 1]], "init": "he"}
         params[f"b{i}"] = {"shape": [sizes[i]]}
         last = i == len(sizes) - 1
-        name = "z" if last else f"h{i}"
+        value = "z" if last else f"h{i}"
         line = f"W{i} @ {prev} + b{i}"
-        model[name] = line if last else f"relu({line})"
-        prev = name
+        model[value] = line if last else f"relu({line})"
+        prev = value
     return Spec.build(name=name, inputs={"x": width}, targets={"y": {"classes": classes}},
                       params=params, model=model, loss="softmax_cross_entropy(z, y)")
 

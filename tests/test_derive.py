@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from symbolic import Reference, Spec, derive, load_spec
 from symbolic.functions import MatProd, OneHot, Outer, Relu, Softmax, Step, Transposed
 from symbolic.verify import verify_reference
+from strategies import vector_expr
 
 derive_module = importlib.import_module("symbolic.derive")  # the package exports derive(), too
 
@@ -188,32 +189,6 @@ def test_kink_conventions():
 
 
 # ---------------------------------------------------------------------------- property test
-
-ELEMENTWISE = ["tanh", "sigmoid", "softplus", "sin", "cos", "relu", "elu", "gelu", "swish",
-               "leaky_relu", "square", "abs"]
-
-
-@st.composite
-def vector_expr(draw, depth: int) -> str:
-    """A formula of shape (m,), built from the declared names W (m, d), b, v (m,), s, x (d,)."""
-    if depth == 0:
-        return draw(st.sampled_from(["(W @ x)", "b", "v", "(W @ tanh(x))"]))
-    kind = draw(st.sampled_from(["fn", "add", "mul", "scale", "softmax", "affine", "div"]))
-    inner = draw(vector_expr(depth - 1))
-    if kind == "fn":
-        return f"{draw(st.sampled_from(ELEMENTWISE))}({inner})"
-    if kind == "add":
-        return f"({inner} + {draw(vector_expr(depth - 1))})"
-    if kind == "mul":
-        return f"({inner} * {draw(vector_expr(depth - 1))})"
-    if kind == "scale":
-        return f"(s * {inner})"
-    if kind == "softmax":
-        return f"softmax({inner})"
-    if kind == "div":
-        return f"({inner} / (1 + square({draw(vector_expr(depth - 1))})))"
-    return f"(V @ {inner} + b)"
-
 
 LOSSES = ["mse({e}, y)", "huber({e}, y, 0.5)", "bce_with_logits({e}, y)", "mae({e}, y)",
           "logsumexp({e}) - dot(y, {e})", "sum(square({e} - y)) + mean({e})",

@@ -27,6 +27,7 @@ from symbolic.latex import (
 )
 from symbolic.notation import Notation
 from symbolic.verify import check_data, init_point
+from strategies import ELEMENTWISE, vector_expr
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted([*(ROOT / "examples").glob("*.toml"), *(ROOT / "symgrad/specs").glob("*.toml")])
@@ -394,30 +395,10 @@ def test_markdown_and_notebook_math_compile(name):
 
 # ---------------------------------------------------------------------------- any model
 
-ELEMENTWISE = ["tanh", "sigmoid", "softplus", "sin", "cos", "relu", "elu", "gelu", "swish",
-               "leaky_relu", "square", "abs", "exp"]
 LOSSES = ["mse({e}, y)", "huber({e}, y, 0.5)", "bce_with_logits({e}, y)", "mae({e}, y)",
           "logsumexp({e}) - dot(y, {e})", "sum(square({e} - y)) + mean({e})", "dot(v, {e}) * s",
           "binary_cross_entropy(sigmoid({e}), y)"]
-
-
-@st.composite
-def vector_expr(draw, depth: int) -> str:
-    if depth == 0:
-        return draw(st.sampled_from(["(W @ x)", "b", "v", "(W @ tanh(x))"]))
-    kind = draw(st.sampled_from(["fn", "add", "mul", "scale", "softmax", "affine", "div"]))
-    inner = draw(vector_expr(depth - 1))
-    if kind == "fn":
-        return f"{draw(st.sampled_from(ELEMENTWISE))}({inner})"
-    if kind in ("add", "mul"):
-        return f"({inner} {'+' if kind == 'add' else '*'} {draw(vector_expr(depth - 1))})"
-    if kind == "scale":
-        return f"(s * {inner})"
-    if kind == "softmax":
-        return f"softmax({inner})"
-    if kind == "div":
-        return f"({inner} / (1 + square({draw(vector_expr(depth - 1))})))"
-    return f"(V @ {inner} + b)"
+FUNCTIONS = (*ELEMENTWISE, "exp")
 
 
 def random_derivation(expr: str, loss: str, m: int, d: int, second: bool):
@@ -436,7 +417,7 @@ def random_derivation(expr: str, loss: str, m: int, d: int, second: bool):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(expr=vector_expr(3), loss=st.sampled_from(LOSSES), m=st.integers(1, 4),
+@given(expr=vector_expr(3, FUNCTIONS), loss=st.sampled_from(LOSSES), m=st.integers(1, 4),
        d=st.integers(1, 4), second=st.booleans())
 def test_any_model_prints_and_evaluates_like_the_reference(expr, loss, m, d, second):
     """Every operation the parser can produce has a LaTeX rule, and the printed sources (steps,
@@ -459,7 +440,7 @@ def test_any_model_prints_and_evaluates_like_the_reference(expr, loss, m, d, sec
 
 @needs_pdflatex
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(expr=vector_expr(3), loss=st.sampled_from(LOSSES), second=st.booleans())
+@given(expr=vector_expr(3, FUNCTIONS), loss=st.sampled_from(LOSSES), second=st.booleans())
 def test_long_formulas_never_overflow_the_page(expr, loss, second):
     pdf, log = compile_pdf(latex_document(random_derivation(expr, loss, 3, 2, second)))
     assert overfull_boxes(log, tolerance_pt=0.5) == []
