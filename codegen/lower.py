@@ -89,6 +89,7 @@ class ModuleText:
     param_names: str
     param_shapes: str
     param_inits: str
+    param_l2: str  # repr of the tuple of the parameters' L2 coefficients (ParamText.l2)
     input_name: str
     target_name: str
     input_shape: str
@@ -289,6 +290,7 @@ def lower(d: Derivation, source: str) -> ModuleText:
         param_names=repr(tuple(p.name for p in spec.params)),
         param_shapes=repr(tuple(tuple(p.shape) for p in spec.params)),
         param_inits=repr(tuple(p.init for p in spec.params)),
+        param_l2=repr(tuple(float(p.l2) for p in params)),
         input_name=spec.input_name,
         target_name=spec.target_name,
         input_shape=repr(tuple(spec.input_shape)),

@@ -13,6 +13,11 @@ file* (``save_overload``, Numba's own cache writer: index keyed by the file's co
 function's bytecode), so the installed module's first call loads them instead of compiling.
 A module that is already installed with the same text is checked in place (its cache is
 used, and filled, directly). Nothing is saved anywhere when the check fails.
+
+The check itself compiles only what training needs (``verify_module``): the training kernel
+``_step`` and the buffer makers ``_gradients``/``_buffers``, in float64. The installed module's
+first float64 training step loads those and compiles just the epoch loop (``_fit_epochs`` and
+its helpers); the array-code ``_loss``/``_forward`` compile at their first call.
 """
 
 from __future__ import annotations
@@ -325,19 +330,36 @@ def save_compiled(module: Any, path: str | os.PathLike) -> int:
 
 
 def verify_module(module: Any, d: Derivation, *, seed: int = 0, data=None) -> CheckReport:
-    """Finite-difference check of a generated module's float64 ``loss_and_grad``."""
+    """Finite-difference check of a generated module's float64 ``loss_and_grad``.
+
+    The loss that is differenced is the training kernel's: ``_step`` (the compiled code ``fit``
+    runs, and ``loss_and_grad`` too) on scratch buffers reused from call to call, so the check
+    compiles, in float64, only what the first training step needs. Its value is also compared
+    with the derivation's reference evaluator at every check point (``symbolic.verify``): a
+    kernel whose loss and gradient agree with each other but not with the model fails too. The
+    array-code ``loss``/``forward`` are not compiled here (the tests compare them with the
+    reference evaluator).
+    """
 
     def as64(params):
         return {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
 
+    scratch: dict[int, tuple] = {}  # rows -> (gradient sums, kernel buffers), reused
+
     def loss(params, X, Y):
-        return module.loss(as64(params), X, Y)
+        arrays = module._arrays(as64(params), np.float64)
+        X = module._inputs(X, np.float64)
+        Y = module._targets(Y, X.shape[0], np.float64)
+        rows = X.shape[0]
+        if rows not in scratch:
+            scratch[rows] = module._gradients(X), module._buffers(rows, X)
+        return float(module._step(*arrays, X, Y, *scratch[rows]))
 
     def loss_and_grad(params, X, Y):
         value, grads = module.loss_and_grad(as64(params), X, Y)
         return value, dict(grads._asdict())
 
-    return verify_gradients(d, loss, loss_and_grad, data=data, seed=seed)
+    return verify_gradients(d, loss, loss_and_grad, data=data, seed=seed, against_reference=True)
 
 
 def check_text(text: str, d: Derivation, *, seed: int = 0) -> CheckReport:

@@ -131,7 +131,8 @@ class CheckReport:
 
     rows: list[TensorResult]
     directions: list[Comparison]
-    loss_mismatches: list[str]  # points where loss() and loss_and_grad() disagree
+    loss_mismatches: list[str]  # points where loss() and loss_and_grad() disagree (or, from
+    #                             symbolic.verify, the loss and the reference evaluator's)
     kinks_per_point: list[int]  # kink-crossed pairs at each point; > FEW_KINKS: resample it
     points: int
     seed: int

@@ -90,13 +90,17 @@ def init_point(d: Derivation, seed: int) -> Params:
 
 
 def verify(d: Derivation, loss: LossFn, loss_and_grad: LossGradFn, *,
-           data: Batch | None = None, seed: int = 0) -> CheckReport:
+           data: Batch | None = None, seed: int = 0, against_reference: bool = False
+           ) -> CheckReport:
     """Check ``loss_and_grad`` against finite differences of ``loss`` (float64) for spec ``d``.
 
+    With ``against_reference`` the value of ``loss`` at every check point must also equal the
+    reference evaluator's (the derivation's own loss, :class:`symbolic.evaluate.Reference`)
+    within the check's tolerance; a difference is a loss mismatch (the report is wrong).
     Raises DomainError when the loss is not finite at the check points.
     """
     try:
-        return _verify(d, loss, loss_and_grad, data, seed)
+        return _verify(d, loss, loss_and_grad, data, seed, against_reference)
     except (ValueError, DomainError) as exc:
         raise DomainError(f"{d.spec.source or d.spec.name}: cannot check the gradients: {exc} "
                           f"(a formula leaves its domain or overflows at random parameters and "
@@ -105,7 +109,7 @@ def verify(d: Derivation, loss: LossFn, loss_and_grad: LossGradFn, *,
 
 
 def _verify(d: Derivation, loss: LossFn, loss_and_grad: LossGradFn, data: Batch | None,
-            seed: int) -> CheckReport:
+            seed: int, against_reference: bool) -> CheckReport:
     X, Y = check_data(d, seed) if data is None else data
     X = np.asarray(X, dtype=np.float64)
     ref = Reference(d)
@@ -131,6 +135,8 @@ def _verify(d: Derivation, loss: LossFn, loss_and_grad: LossGradFn, data: Batch 
 
     report = check_gradients(lambda p: loss(p, X, Y), lambda p: loss_and_grad(p, X, Y), points,
                              kink_masks=masks if d.kinks else None, seed=seed)
+    if against_reference:
+        report.loss_mismatches.extend(_reference_mismatches(ref, loss, points, X, Y, report))
     if draw > MAX_REDRAWS:
         report.notes.append("could not draw a point away from every kink; kink-crossed pairs "
                             "were skipped")
@@ -138,6 +144,22 @@ def _verify(d: Derivation, loss: LossFn, loss_and_grad: LossGradFn, data: Batch 
         report.notes.append(f"kinks ({', '.join(sorted({k.function for k in d.kinks}))}) avoided: "
                             "points within 1e-3 of a kink are redrawn, crossing pairs skipped")
     return report
+
+
+def _reference_mismatches(ref: Reference, loss: LossFn, points: list[Params], X: np.ndarray,
+                          Y: np.ndarray, report: CheckReport) -> list[str]:
+    """The points where ``loss`` differs from the reference evaluator's loss by more than the
+    check's tolerance (``atol_scale·max(1, |L|) + rtol·max(|a|, |b|)``)."""
+    found = []
+    for i, point in enumerate(points):
+        got = float(loss({k: v.copy() for k, v in point.items()}, X, Y))
+        want = float(ref.loss(point, X, Y))
+        tol = (report.atol_scale * max(1.0, abs(want))
+               + report.rtol * max(abs(got), abs(want)))
+        if not abs(got - want) <= tol:
+            found.append(f"point {i}: the loss is {got:.17g} but the derivation's (reference "
+                         f"evaluator) is {want:.17g}; the code computes a different loss")
+    return found
 
 
 def _burned_in(d: Derivation, loss_and_grad: LossGradFn, X: np.ndarray, Y: np.ndarray,

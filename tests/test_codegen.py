@@ -143,7 +143,7 @@ def test_block_tags_follow_the_equation_numbers(name, derivation):
     numbers = codegen.equation_numbers(d)
     assert list(numbers.values()) == list(range(1, len(d.forward) + len(d.backward) + 1))
     text = (GENERATED / f"{name}.py").read_text()
-    kernel = text[text.index("def _step("):text.index("def _loss_grad(")]
+    kernel = text[text.index("def _step("):text.index("\n# ---", text.index("def _step("))]
     tags = [line.strip().split()[1] for line in kernel.splitlines()
             if line.strip().startswith("# (")]
     # every step once; in order, except that large gradient products (BLAS) run after the loops

@@ -25,10 +25,10 @@ def test_corrupted_gradients_fail_verification_and_nothing_is_installed(tmp_path
     good = codegen.render_module(d)
     # two mutations from VERIFICATION.md §10: one gradient scaled by 1 + 1e-4, one missing 1/n
     scaled = "np.dot(delta_z1[:n].T, X, grad_W1)\n"
-    mean = "_mean(_grads[3], b2, 1.0 / X.shape[0], 0.0)\n"
+    mean = "        g *= scale\n"  # loss_and_grad: each gradient sum made the mean
     assert good.count(scaled) == 1 and good.count(mean) == 1
     bad = good.replace(scaled, "np.dot(delta_z1[:n].T, X*_F(1.0001), grad_W1)\n")
-    bad = bad.replace(mean, "_mean(_grads[3], b2, 1.0, 0.0)\n")
+    bad = bad.replace(mean, "        g *= scale if g is not grads[3] else 1  # b2: no 1/n\n")
     out = tmp_path / "out"
     codegen.generate(d, out, verify=False)  # a previous module of the same name
     (out / "s5_tiny_mlp.check.json").write_text("{}")

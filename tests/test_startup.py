@@ -2,9 +2,11 @@
 
 The check imports the rendered module from a temporary copy (under the module's final name, with
 Numba's disk cache off) and, once the module is installed, saves the compiled functions into
-Numba's cache of the installed file. These tests pin that down without timing anything: Numba's
-dispatcher statistics and compile events say whether a function was compiled or loaded, and the
-cache folders say what was written. A failed check still installs and caches nothing.
+Numba's cache of the installed file. The check runs the training kernel ``_step`` (and the
+buffer makers it needs) and nothing else, so the first training step compiles only the training
+loop. These tests pin that down without timing anything: Numba's dispatcher statistics and
+compile events say whether a function was compiled or loaded, and the cache folders say what was
+written. A failed check still installs and caches nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def loss_and_grad(params, X, Y):
     return value, Params(*[2 * g for g in grads])
 """
 
+KERNEL = {"_step", "_gradients", "_buffers"}  # what the check compiles (float64)
+
+# appended to a rendered module: the training kernel's loss and its gradient sums both doubled,
+# consistently (the gradient is still the derivative of the loss it returns), for loss_and_grad
+# and for the loss the check differences alike
+DOUBLED_KERNEL = """
+
+_true_step = _step
+
+
+def _step(*args):
+    value = _true_step(*args)
+    for g in args[-2]:
+        g *= 2
+    return 2 * value
+"""
+
 FIRST_CALL = """
 import json, sys
 import numpy as np
@@ -50,11 +69,11 @@ X = rng.normal(size=(4, *module.INPUT_SHAPE))
 Y = rng.normal(size=(4, *module.TARGET_SHAPE))
 params = module.init_params(3)
 value, _ = module.loss_and_grad(params, X, Y)
-loss = module.loss(params, X, Y)
-print(json.dumps({"value": value, "loss": loss, "stats": {
+print(json.dumps({"value": value, "stats": {
     name: {"hits": sum(f.stats.cache_hits.values()), "misses": sum(f.stats.cache_misses.values()),
            "path": f.stats.cache_path}
-    for name, f in (("_loss", module._loss), ("_loss_grad", module._loss_grad))}}))
+    for name, f in (("_step", module._step), ("_gradients", module._gradients),
+                    ("_buffers", module._buffers))}}))
 """
 
 
@@ -115,7 +134,8 @@ def test_the_installed_module_loads_what_the_check_compiled(tmp_path, numba_cach
     out = tmp_path / "out"
     with _Compiles("startup_reuse") as compiles:
         path = codegen.generate(d, out)
-    assert {"_loss", "_loss_grad"} <= set(compiles.names)  # compiled once, by the check
+    # compiled once each, by the check: the training kernel only, not the array-code loss
+    assert sorted(compiles.names) == sorted(KERNEL)
     assert "startup_reuse" not in sys.modules  # the temporary import is gone
     assert sorted(p.name for p in out.iterdir()) == ["startup_reuse.check.json",
                                                      "startup_reuse.py"]
@@ -123,8 +143,8 @@ def test_the_installed_module_loads_what_the_check_compiled(tmp_path, numba_cach
     # Numba's cache holds entries for the installed file only (none for the temporary copy)
     folders = [p for p in numba_cache.iterdir()]
     assert len(folders) == 1 and folders[0].name.startswith("out_")
-    assert {p.name.split("-")[0] for p in folders[0].glob("*.nbi")} >= {
-        "startup_reuse._loss", "startup_reuse._loss_grad"}
+    assert {p.name.split("-")[0] for p in folders[0].glob("*.nbi")} == {
+        f"startup_reuse.{name}" for name in KERNEL}
     # a fresh process imports the installed module: its first calls load, nothing compiles
     run = subprocess.run([sys.executable, "-c", FIRST_CALL, str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
@@ -138,7 +158,6 @@ def test_the_installed_module_loads_what_the_check_compiled(tmp_path, numba_cach
     X = rng.normal(size=(4, *module.INPUT_SHAPE))
     Y = rng.normal(size=(4, *module.TARGET_SHAPE))
     assert module.loss_and_grad(module.init_params(3), X, Y)[0] == result["value"]
-    assert module.loss(module.init_params(3), X, Y) == result["loss"]
     sys.modules.pop("startup_reuse", None)
 
 
@@ -198,3 +217,35 @@ def test_check_leaves_nothing_in_numba_cache(tmp_path, numba_cache, private_tmp)
                                 _derivation("startup_check"))
     assert report.ok, report.table()
     assert list(numba_cache.iterdir()) == [] and list(private_tmp.iterdir()) == []
+
+
+def test_a_kernel_whose_loss_is_not_the_models_fails_the_check(numba_cache):
+    """The loss the check differences is the kernel's own: a kernel whose loss and gradient agree
+    with each other but not with the model passes every finite difference, and is caught by the
+    comparison with the derivation's reference evaluator."""
+    d = _derivation("startup_twice")
+    report = codegen.check_text(gen.render_module(d) + DOUBLED_KERNEL, d)
+    assert not report.ok and report.status == "wrong"
+    assert all(row.status == "ok" for row in report.rows), report.table()
+    assert len(report.loss_mismatches) == report.points
+    assert all("reference evaluator" in m for m in report.loss_mismatches)
+    assert codegen.check_text(gen.render_module(d), d).ok  # the same module, undoubled
+
+
+def test_verify_compares_the_loss_with_the_reference_evaluator():
+    from symbolic.evaluate import Reference
+    from symbolic.verify import verify
+
+    d = _derivation("startup_reference")
+    ref = Reference(d)
+
+    def loss(p, X, Y):
+        return 2 * ref.loss(p, X, Y)
+
+    def loss_and_grad(p, X, Y):
+        value, grads = ref.loss_and_grad(p, X, Y)
+        return 2 * value, {k: 2 * g for k, g in grads.items()}
+
+    assert verify(d, loss, loss_and_grad).ok  # consistent with itself: every FD agrees
+    report = verify(d, loss, loss_and_grad, against_reference=True)
+    assert report.status == "wrong" and len(report.loss_mismatches) == report.points
