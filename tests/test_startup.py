@@ -43,6 +43,7 @@ def loss_and_grad(params, X, Y):
 """
 
 KERNEL = {"_step", "_gradients", "_buffers"}  # what the check compiles (float64)
+TRAINING_LOOP = {"_fit_epochs", "_update", "_gather", "_shuffle_into"}
 
 # appended to a rendered module: the training kernel's loss and its gradient sums both doubled,
 # consistently (the gradient is still the derivative of the loss it returns), for loss_and_grad
@@ -74,6 +75,22 @@ print(json.dumps({"value": value, "stats": {
            "path": f.stats.cache_path}
     for name, f in (("_step", module._step), ("_gradients", module._gradients),
                     ("_buffers", module._buffers))}}))
+"""
+
+# the first training step in a fresh process: one epoch of shuffled minibatches (so rows are
+# gathered), Adam, float64; per function, the signatures compiled (cache misses) and loaded
+FIRST_STEP = """
+import json, sys
+import numpy as np
+import codegen
+module = codegen.load_module(sys.argv[1])
+rng = np.random.default_rng(0)
+X = rng.normal(size=(8, *module.INPUT_SHAPE))
+Y = rng.normal(size=(8, *module.TARGET_SHAPE))
+module.fit(module.init_params(3), X, Y, optimizer="adam", lr=1e-3, epochs=1, batch_size=4)
+print(json.dumps({name: {"compiled": [str(s) for s, n in f.stats.cache_misses.items() if n],
+                         "hits": sum(f.stats.cache_hits.values())}
+                  for name, f in codegen.pipeline._dispatchers(module).items()}))
 """
 
 
@@ -159,6 +176,23 @@ def test_the_installed_module_loads_what_the_check_compiled(tmp_path, numba_cach
     Y = rng.normal(size=(4, *module.TARGET_SHAPE))
     assert module.loss_and_grad(module.init_params(3), X, Y)[0] == result["value"]
     sys.modules.pop("startup_reuse", None)
+
+
+def test_the_first_training_step_compiles_only_the_training_loop(tmp_path, numba_cache):
+    """After generate, a fresh process's first fit loads the kernel the check compiled and
+    compiles the training loop once per signature it needs (s1: X and Y rows are gathered with
+    one _gather signature, float64 2-D both; a literal start index would add a second)."""
+    path = codegen.generate(_derivation("startup_first_step"), tmp_path / "out")
+    run = subprocess.run([sys.executable, "-c", FIRST_STEP, str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = json.loads(run.stdout)
+    compiled = {name: s["compiled"] for name, s in stats.items() if s["compiled"]}
+    assert set(compiled) == TRAINING_LOOP, compiled
+    assert all(len(sigs) == 1 for sigs in compiled.values()), compiled
+    assert "Literal" not in compiled["_gather"][0]
+    for name in KERNEL:
+        assert stats[name]["hits"] >= 1, (name, stats[name])
 
 
 def test_regenerating_an_installed_module_checks_it_in_place_without_compiling(
