@@ -67,7 +67,7 @@ class Block:
 @dataclass(frozen=True)
 class ParamText:
     name: str
-    arg: str  # the compiled functions' argument (``_b`` for a scalar stored as shape (1,))
+    arg: str  # the compiled functions' argument (``_scalar_b`` for a scalar stored as shape (1,))
     unpack: str  # "b = _b[0]" for scalars, "" otherwise
     shape: str  # repr of the public shape
     init: str  # the init_params expression
@@ -263,8 +263,8 @@ def lower(d: Derivation, source: str) -> ModuleText:
         fan_in = p.shape[-1] if p.shape else 1
         fan_out = p.shape[0] if p.shape else 1
         init, note = _init(p, fan_in, fan_out)
-        arg = p.name if p.shape else f"_{p.name}"
-        params.append(ParamText(p.name, arg, f"{p.name} = _{p.name}[0]" if not p.shape else "",
+        arg = p.name if p.shape else f"_scalar_{p.name}"  # not `_mu`: _fit_epochs has one
+        params.append(ParamText(p.name, arg, f"{p.name} = {arg}[0]" if not p.shape else "",
                                 repr(tuple(p.shape)), init, note, f"grad_{p.name}",
                                 repr(float(spec.l2) if p.name in d.l2_params else 0.0)))
 

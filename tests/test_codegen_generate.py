@@ -99,3 +99,21 @@ def test_write_atomic(tmp_path):
     assert not codegen.write_atomic(path, "one\n")
     assert codegen.write_atomic(path, "two\n") and path.read_text() == "two\n"
     assert oct(path.stat().st_mode & 0o777) == oct(gen._FILE_MODE)
+
+
+def test_scalar_parameters_may_share_names_with_the_training_loop(tmp_path):
+    """A scalar parameter is passed to the compiled functions under its own argument name, so
+    names such as mu, eps or t (the training loop's _mu, _eps, _t) stay usable."""
+    from symbolic import Spec
+
+    names = ["mu", "t", "opt", "eps", "rho", "wd", "beta1", "beta2", "bs", "size", "value"]
+    spec = Spec.build(name="scalar_names", inputs={"x": 2}, targets={"y": 1},
+                      params={"W": {"shape": [1, 2]}, **{n: {"init": 0.1} for n in names}},
+                      model={"z": "W @ x + " + " + ".join(names)}, loss="mse(z, y)")
+    module = codegen.load_module(codegen.generate(derive(spec), tmp_path))
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(9, 2)), rng.normal(size=(9, 1))
+    fitted, history, _ = module.fit(module.init_params(0), X, Y, optimizer="adam", lr=0.01,
+                                    epochs=3, batch_size=4)
+    assert np.isfinite(history).all() and history[-1] < history[0]
+    assert fitted.mu != 0.1
