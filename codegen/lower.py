@@ -74,6 +74,7 @@ class ParamText:
     init_note: str  # the init rule, for the comment
     grad: str  # name of the gradient variable
     l2: str  # the L2 coefficient of its gradient ("0.0" when not regularized)
+    fused: bool  # _step updates it itself under gd/sgd (kernel.KernelText.fused)
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,14 @@ class ModuleText:
     forward_result: str
     loss: tuple[Block, ...]
     batch_loss: str
-    kernel: tuple[str, ...]  # the body of _step (see codegen.kernel)
+    kernel: tuple[str, ...]  # the body of _step (see codegen.kernel) up to the batch loss …
+    kernel_after: tuple[str, ...]  # … and after it
     kernel_loss: str
     buffers: tuple[Buffer, ...]
     buffer_names: str  # "z1, a, ..." (a 1-tuple ends with a comma)
     grad_buffers: tuple[Buffer, ...]
     grad_names: str
+    outer_kernel: bool  # whether _step calls _outer_acc
     prediction_is_scalar: str  # "True" / "False"
     target_prologue: str  # how Y becomes the target inside compiled code
 
@@ -266,7 +269,8 @@ def lower(d: Derivation, source: str) -> ModuleText:
         arg = p.name if p.shape else f"_scalar_{p.name}"  # not `_mu`: _fit_epochs has one
         params.append(ParamText(p.name, arg, f"{p.name} = {arg}[0]" if not p.shape else "",
                                 repr(tuple(p.shape)), init, note, f"grad_{p.name}",
-                                repr(float(spec.l2) if p.name in d.l2_params else 0.0)))
+                                repr(float(spec.l2) if p.name in d.l2_params else 0.0),
+                                p.name in kern.fused))
 
     loss_name = d.forward[-1].name
     batch_loss, kernel_loss = f"np.sum({loss_name})*inv_n", "_total/n"
@@ -306,11 +310,13 @@ def lower(d: Derivation, source: str) -> ModuleText:
         loss=tuple(loss),
         batch_loss=batch_loss,
         kernel=kern.lines,
+        kernel_after=kern.after,
         kernel_loss=kernel_loss,
         buffers=kern.buffers,
         buffer_names=_names(kern.buffers),
         grad_buffers=kern.grads,
         grad_names=_names(kern.grads),
+        outer_kernel=bool(kern.fused),
         prediction_is_scalar=repr(d.values[d.prediction].shape == ()),
         target_prologue=f"{spec.target_name} = Y",
     )

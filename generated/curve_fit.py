@@ -85,6 +85,7 @@ OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 HYPER_DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "rho": 0.9,
                   "weight_decay": 0.01}
 _SCALAR_PREDICTION = True
+_L2_COEFFICIENTS = (0.0, 0.0, 0.0)  # the L2 coefficient of each parameter's gradient
 
 
 class Params(collections.namedtuple("Params", PARAM_NAMES)):
@@ -110,13 +111,13 @@ def init_params(seed=0, dtype=np.float64):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward(_a, _k, _c, X):
+def _forward(_scalar_a, _scalar_k, _scalar_c, X):
     _F = X.dtype.type
     n = X.shape[0]
     inv_n = _F(1.0/n)
-    a = _a[0]
-    k = _k[0]
-    c = _c[0]
+    a = _scalar_a[0]
+    k = _scalar_k[0]
+    c = _scalar_c[0]
     t = X
     # (1) yhat = a·exp(−k·t) + c
     yhat = a*np.exp(-k*t) + c
@@ -124,13 +125,13 @@ def _forward(_a, _k, _c, X):
 
 
 @njit(cache=True, error_model="numpy")
-def _loss(_a, _k, _c, X, Y):
+def _loss(_scalar_a, _scalar_k, _scalar_c, X, Y):
     _F = X.dtype.type
     n = X.shape[0]
     inv_n = _F(1.0/n)
-    a = _a[0]
-    k = _k[0]
-    c = _c[0]
+    a = _scalar_a[0]
+    k = _scalar_k[0]
+    c = _scalar_c[0]
     t = X
     y = Y
     # (1) yhat = a·exp(−k·t) + c
@@ -158,54 +159,46 @@ def _gradients(like):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _step(_a, _k, _c, X, Y, _grads, _bufs):
+def _step(_scalar_a, _scalar_k, _scalar_c, X, Y, _grads, _bufs, _lr):
     """Forward and backward pass over the batch (X, Y); returns the batch loss.
 
     _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
-    and _mean scale them. Explicit loops over the samples into the buffers _bufs (see
+    and loss_and_grad scale them. Explicit loops over the samples into the buffers _bufs (see
     _buffers), BLAS for large matrix products; nothing is allocated.
+    _lr is not used: no parameter's update is fused into this pass (_update makes every step).
     """
     _F = X.dtype.type
     n = X.shape[0]
     _one = _F(1)
     _zero = _F(0)
-    a = _a[0]
-    k = _k[0]
-    c = _c[0]
+    a = _scalar_a[0]
+    k = _scalar_k[0]
+    c = _scalar_c[0]
     (grad_a, grad_k, grad_c) = _grads
+    _f_X = X.reshape(X.size)
+    _f_Y = Y.reshape(Y.size)
     _total = 0.0
     _g1 = _F(0)
     _g2 = _F(0)
     _g3 = _F(0)
     for _i in range(n):
         # (1) yhat = a·exp(−k·t) + c
-        yhat = c + a*np.exp(-k*X[_i, 0])
+        yhat = c + a*np.exp(-k*_f_X[_i])
         # (2) loss = (−y + yhat)²
-        loss = (yhat - Y[_i, 0])**2
+        loss = (yhat - _f_Y[_i])**2
         _total += loss
         # (3) δ_yhat = 2·(−y + yhat)
-        delta_yhat = _F(2)*yhat + (_F(-2))*Y[_i, 0]
+        delta_yhat = _F(2)*yhat + (_F(-2))*_f_Y[_i]
         # (4) ∂L/∂a = δ_yhat·exp(−k·t)   (mean over the batch)
-        _g1 += delta_yhat*np.exp(-k*X[_i, 0])
+        _g1 += delta_yhat*np.exp(-k*_f_X[_i])
         # (5) ∂L/∂k = −a·δ_yhat·t·exp(−k·t)   (mean over the batch)
-        _g2 += -a*X[_i, 0]*delta_yhat*np.exp(-k*X[_i, 0])
+        _g2 += -a*_f_X[_i]*delta_yhat*np.exp(-k*_f_X[_i])
         # (6) ∂L/∂c = δ_yhat   (mean over the batch)
         _g3 += delta_yhat
     grad_a[0] = _g1
     grad_k[0] = _g2
     grad_c[0] = _g3
     return _total/n
-
-
-@njit(cache=True, error_model="numpy")
-def _loss_grad(_a, _k, _c, X, Y):
-    """The batch loss and its gradients (buffers allocated for this call)."""
-    _grads = _gradients(X)
-    _value = _step(_a, _k, _c, X, Y, _grads, _buffers(X.shape[0], X))
-    _mean(_grads[0], _a, 1.0 / X.shape[0], 0.0)
-    _mean(_grads[1], _k, 1.0 / X.shape[0], 0.0)
-    _mean(_grads[2], _c, 1.0 / X.shape[0], 0.0)
-    return _value, _grads
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -383,16 +376,6 @@ def _update(pf, gf, mf, vf, scale, l2, opt, lr, mu, beta1, beta2, eps, rho, wd, 
 
 
 @njit(cache=True, error_model="numpy")
-def _mean(g, p, scale, l2):
-    """g ← scale·g + l2·p in place: a batch sum of gradients made the mean (plus L2)."""
-    gf = g.reshape(g.size)
-    pf = p.reshape(p.size)
-    s, c = gf.dtype.type(scale), gf.dtype.type(l2)
-    for i in range(gf.size):
-        gf[i] = s * gf[i] + c * pf[i]
-
-
-@njit(cache=True, error_model="numpy")
 def _gather(src, order, start, out):
     """Rows order[start:start + len(out)] of src (1-D or 2-D), copied into the buffer out."""
     cols = src.size // max(src.shape[0], 1)
@@ -405,57 +388,39 @@ def _gather(src, order, start, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _fit_epochs(_a, _k, _c,
-                _m_a, _v_a,
-                _m_k, _v_k,
-                _m_c, _v_c,
-                X, Y, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _batch_size, _seed,
-                _shuffle, _epoch0, _epoch1, _t, _history):
-    """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count."""
+def _fit_epochs(_scalar_a, _scalar_k, _scalar_c, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, _flat_g, _flat_m,
+                _flat_v, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _bs, _gathered, _seed,
+                _epoch0, _epoch1, _t, _history):
+    """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count.
+
+    Minibatches of _bs rows, gathered in a shuffled order into _Xb, _Yb (_order) when _gathered,
+    else consecutive rows of X, Y. The buffers are fit's (allocated once per call): _bufs, _grads
+    for _step; _flat_p, _flat_g, _flat_m, _flat_v are flat views of the parameters, gradient
+    sums and moments, one tuple each in PARAM_NAMES order.
+    """
     _n = X.shape[0]
-    _full = _opt == 0 or _batch_size <= 0 or _batch_size >= _n
-    _bs = _n if _full else _batch_size
-    # buffers allocated once: a gathered minibatch, the kernel's values, the gradients
-    _gathered = _shuffle and not _full
-    _Xb = np.empty((_bs if _gathered else 0, X.shape[1]), X.dtype)
-    _Yb = np.empty((_bs if _gathered else 0,) + Y.shape[1:], Y.dtype)
-    _bufs = _buffers(_bs, X)
-    _grads = _gradients(X)
-    _order = np.arange(_n if _gathered else 0)
-    # flat views of the parameters and moments, updated in place
-    _flat_a = _a.reshape(_a.size)
-    _flat_g_a = _grads[0].reshape(_grads[0].size)
-    _flat_m_a = _m_a.reshape(_m_a.size)
-    _flat_v_a = _v_a.reshape(_v_a.size)
-    _flat_k = _k.reshape(_k.size)
-    _flat_g_k = _grads[1].reshape(_grads[1].size)
-    _flat_m_k = _m_k.reshape(_m_k.size)
-    _flat_v_k = _v_k.reshape(_v_k.size)
-    _flat_c = _c.reshape(_c.size)
-    _flat_g_c = _grads[2].reshape(_grads[2].size)
-    _flat_m_c = _m_c.reshape(_m_c.size)
-    _flat_v_c = _v_c.reshape(_v_c.size)
+    _fused_lr = _lr if _opt <= 1 else 0.0  # gd and sgd: _step updates what it can itself
     for _epoch in range(_epoch0, _epoch1):
         if _gathered:
             _shuffle_into(_order, _seed, _epoch)
         _total = 0.0
-        _start = 0
+        _start = np.int64(0)  # not the literal 0: Numba would compile _gather for both
         while _start < _n:
             _size = min(_bs, _n - _start)
             if _gathered:
                 _gather(X, _order, _start, _Xb[:_size])
                 _gather(Y, _order, _start, _Yb[:_size])
-                _value = _step(_a, _k, _c, _Xb[:_size], _Yb[:_size], _grads, _bufs)
+                _value = _step(_scalar_a, _scalar_k, _scalar_c, _Xb[:_size], _Yb[:_size], _grads, _bufs, _fused_lr)
             else:
-                _value = _step(_a, _k, _c, X[_start:_start + _size], Y[_start:_start + _size],
-                               _grads, _bufs)
+                _value = _step(_scalar_a, _scalar_k, _scalar_c, X[_start:_start + _size], Y[_start:_start + _size],
+                               _grads, _bufs, _fused_lr)
             _t += 1
-            _update(_flat_a, _flat_g_a, _flat_m_a, _flat_v_a,
-                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_k, _flat_g_k, _flat_m_k, _flat_v_k,
-                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_c, _flat_g_c, _flat_m_c, _flat_v_c,
-                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_p[0], _flat_g[0], _flat_m[0], _flat_v[0], 1.0 / _size,
+                    0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # a
+            _update(_flat_p[1], _flat_g[1], _flat_m[1], _flat_v[1], 1.0 / _size,
+                    0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # k
+            _update(_flat_p[2], _flat_g[2], _flat_m[2], _flat_v[2], 1.0 / _size,
+                    0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # c
             _total += _value * _size
             _start += _size
         _history[_epoch - _epoch0] = _total / _n
@@ -562,10 +527,23 @@ def loss(params, X, Y):
 
 
 def loss_and_grad(params, X, Y):
-    """The batch loss and its gradient with respect to every parameter (Params)."""
+    """The batch loss and its gradient with respect to every parameter (Params).
+
+    Computed by the training kernel _step (the compiled code fit runs) on buffers allocated for
+    this call; its gradient sums are made means (plus L2) here: g ← g/n + l2·θ.
+    """
     arrays = _arrays(params)
-    X = _inputs(X, arrays[0].dtype)
-    value, grads = _loss_grad(*arrays, X, _targets(Y, X.shape[0], arrays[0].dtype))
+    dtype = arrays[0].dtype
+    X = _inputs(X, dtype)
+    Y = _targets(Y, X.shape[0], dtype)
+    grads = _gradients(X)
+    value = _step(*arrays, X, Y, grads, _buffers(X.shape[0], X), 0.0)
+    with np.errstate(divide="ignore"):
+        scale = dtype.type(np.float64(1.0) / X.shape[0])
+    for g, p, l2 in zip(grads, arrays, _L2_COEFFICIENTS):
+        g *= scale
+        if l2:
+            g += dtype.type(l2) * p
     return float(value), _public(grads)
 
 
@@ -615,11 +593,22 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
         return _arrays(state[key], dtype, copy=True)
 
     m, v = moment("m"), moment("v")
-    moments = [a for pair in zip(m, v) for a in pair]
     code = OPTIMIZERS.index(optimizer)
+    n = X.shape[0]
+    full = code == 0 or int(batch_size) <= 0 or int(batch_size) >= n
+    rows = n if full else int(batch_size)
+    gathered = bool(shuffle) and not full
+    # allocated once per call: a gathered minibatch and the row order (empty when the batches
+    # are consecutive rows), the kernel's buffers and gradient sums; flat views to update
+    grads = _gradients(X)
+    work = (np.empty((rows if gathered else 0, X.shape[1]), dtype),
+            np.empty((rows if gathered else 0,) + Y.shape[1:], Y.dtype),
+            np.empty(n if gathered else 0, np.int64), _buffers(rows, X), grads,
+            tuple(a.reshape(-1) for a in arrays), tuple(g.reshape(-1) for g in grads),
+            tuple(a.reshape(-1) for a in m), tuple(a.reshape(-1) for a in v))
     options = (code, float(lr), float(h["momentum"]), float(h["beta1"]), float(h["beta2"]),
-               float(h["eps"]), float(h["rho"]), float(h["weight_decay"]), int(batch_size),
-               int(seed), bool(shuffle))
+               float(h["eps"]), float(h["rho"]), float(h["weight_decay"]), rows, gathered,
+               int(seed))
     history = np.zeros(int(epochs), np.float64)
 
     def current_state(copy=False):
@@ -629,12 +618,12 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
         return {"optimizer": optimizer, "step": step, **kept}
 
     if callback is None:
-        step = _fit_epochs(*arrays, *moments, X, Y, *options, int(start_epoch),
+        step = _fit_epochs(*arrays, X, Y, *work, *options, int(start_epoch),
                            int(start_epoch) + int(epochs), step, history)
     else:
         for k in range(int(epochs)):
             epoch = int(start_epoch) + k
-            step = _fit_epochs(*arrays, *moments, X, Y, *options, epoch, epoch + 1, step,
+            step = _fit_epochs(*arrays, X, Y, *work, *options, epoch, epoch + 1, step,
                                history[k:k + 1])
             snapshot = _public([a.copy() for a in arrays])
             if callback(epoch, float(history[k]), snapshot, current_state(copy=True)) is False:

@@ -87,6 +87,7 @@ OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 HYPER_DEFAULTS = {"momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "rho": 0.9,
                   "weight_decay": 0.01}
 _SCALAR_PREDICTION = False
+_L2_COEFFICIENTS = (0.0, 0.0, 0.0, 0.0)  # the L2 coefficient of each parameter's gradient
 
 
 class Params(collections.namedtuple("Params", PARAM_NAMES)):
@@ -172,12 +173,15 @@ def _gradients(like):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
+def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
     """Forward and backward pass over the batch (X, Y); returns the batch loss.
 
     _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
-    and _mean scale them. Explicit loops over the samples into the buffers _bufs (see
+    and loss_and_grad scale them. Explicit loops over the samples into the buffers _bufs (see
     _buffers), BLAS for large matrix products; nothing is allocated.
+    _lr > 0 (fit with gd or sgd) applies the update θ ← θ − _lr·(g/n + l2·θ) of the parameters
+    W1 in the pass that sums their
+    gradients (their _grads entries are then not written); _lr = 0 computes every gradient.
     """
     _F = X.dtype.type
     n = X.shape[0]
@@ -185,6 +189,13 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
     _zero = _F(0)
     (grad_W1, grad_b1, grad_W2, grad_b2) = _grads
     (z1, h, z, _e2, delta_z, delta_h, delta_z1) = _bufs
+    _f_z1 = z1.reshape(z1.size)
+    _f_h = h.reshape(h.size)
+    _f_z = z.reshape(z.size)
+    _f__e2 = _e2.reshape(_e2.size)
+    _f_delta_z = delta_z.reshape(delta_z.size)
+    _f_delta_h = delta_h.reshape(delta_h.size)
+    _f_delta_z1 = delta_z1.reshape(delta_z1.size)
     grad_b2[:] = 0
     grad_b1[:] = 0
     _total = 0.0
@@ -192,59 +203,94 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs):
     np.dot(X, W1.T, z1[:n])
     for _i in range(n):
         for _j0 in range(128):
-            z1[_i, _j0] = b1[_j0] + z1[_i, _j0]
+            _f_z1[_i*128 + _j0] = b1[_j0] + _f_z1[_i*128 + _j0]
             # (2) h = relu(z1)
-            h[_i, _j0] = np.maximum(z1[_i, _j0], _F(0))
+            _f_h[_i*128 + _j0] = np.maximum(_f_z1[_i*128 + _j0], _F(0))
     # (3) z = b2 + W2 h
     np.dot(h[:n], W2.T, z[:n])
     for _i in range(n):
         for _j0 in range(10):
-            z[_i, _j0] = b2[_j0] + z[_i, _j0]
-        _s1 = z[_i, 0]
+            _f_z[_i*10 + _j0] = b2[_j0] + _f_z[_i*10 + _j0]
+        _s1 = _f_z[_i*10]
         for _r0 in range(1, 10):
-            _s1 = max(_s1, z[_i, _r0])
+            _s1 = max(_s1, _f_z[_i*10 + _r0])
         _s1_sum = _F(0)
         for _r0 in range(10):
-            _e2[_i, _r0] = np.exp(z[_i, _r0] - _s1)
-            _s1_sum += _e2[_i, _r0]
+            _f__e2[_i*10 + _r0] = np.exp(_f_z[_i*10 + _r0] - _s1)
+            _s1_sum += _f__e2[_i*10 + _r0]
         _s1 = _s1 + np.log(_s1_sum)
         # (4) loss = logsumexp(z) − z[y]
-        loss = -z[_i, Y[_i]] + _s1
+        loss = -_f_z[_i*10 + Y[_i]] + _s1
         _total += loss
         # (5) δ_z = −onehot(y) + softmax(z)
         for _j0 in range(10):
-            delta_z[_i, _j0] = -(_one if _j0 == Y[_i] else _zero) + _e2[_i, _j0]/_s1_sum
+            _f_delta_z[_i*10 + _j0] = -(_one if _j0 == Y[_i] else _zero) + _f__e2[_i*10 + _j0]/_s1_sum
             # (7) ∂L/∂b2 = δ_z   (mean over the batch)
-            grad_b2[_j0] += delta_z[_i, _j0]
+            grad_b2[_j0] += _f_delta_z[_i*10 + _j0]
     # (8) δ_h = W2ᵀ δ_z
     np.dot(delta_z[:n], W2, delta_h[:n])
     for _i in range(n):
         # (9) δ_z1 = δ_h ⊙ step(z1)
         for _j0 in range(128):
-            delta_z1[_i, _j0] = delta_h[_i, _j0]*(z1[_i, _j0] > 0)
+            _f_delta_z1[_i*128 + _j0] = _f_delta_h[_i*128 + _j0]*(_f_z1[_i*128 + _j0] > 0)
             # (11) ∂L/∂b1 = δ_z1   (mean over the batch)
-            grad_b1[_j0] += delta_z1[_i, _j0]
+            grad_b1[_j0] += _f_delta_z1[_i*128 + _j0]
+    _value = _total/n
     # (6) ∂L/∂W2 = δ_z hᵀ   (mean over the batch)
     np.dot(delta_z[:n].T, h[:n], grad_W2)
     # (10) ∂L/∂W1 = δ_z1 xᵀ   (mean over the batch)
-    np.dot(delta_z1[:n].T, X, grad_W1)
-    return _total/n
-
-
-@njit(cache=True, error_model="numpy")
-def _loss_grad(W1, b1, W2, b2, X, Y):
-    """The batch loss and its gradients (buffers allocated for this call)."""
-    _grads = _gradients(X)
-    _value = _step(W1, b1, W2, b2, X, Y, _grads, _buffers(X.shape[0], X))
-    _mean(_grads[0], W1, 1.0 / X.shape[0], 0.0)
-    _mean(_grads[1], b1, 1.0 / X.shape[0], 0.0)
-    _mean(_grads[2], W2, 1.0 / X.shape[0], 0.0)
-    _mean(_grads[3], b2, 1.0 / X.shape[0], 0.0)
-    return _value, _grads
+    if _lr > 0:  # gd/sgd: W1 ← W1 − lr·(Σ/n + l2·W1) in the same pass
+        _outer_acc(delta_z1[:n], X, W1, -_lr / n, 1.0)
+    else:
+        np.dot(delta_z1[:n].T, X, grad_W1)
+    return _value
 
 
 # ---------------------------------------------------------------------------- helpers
 
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _outer_acc(D, V, G, alpha, beta):
+    """G ← beta·G + alpha·Dᵀ V, with Dᵀ V = Σ_i d_i v_iᵀ over the rows of D (n, k) and V (n, m):
+    the update of a parameter G by its batch gradient, without forming the gradient.
+
+    4 rows of G × 4 samples at a time: those rows of G stay in L1 while the samples go by, and
+    the innermost loop (over m) vectorizes.
+    """
+    n, k = D.shape
+    m = V.shape[1]
+    T = G.dtype.type
+    a, b = T(alpha), T(beta)
+    if beta != 1:
+        for j in range(k):
+            for r in range(m):
+                G[j, r] *= b
+    kb, nb = k - k % 4, n - n % 4
+    for j in range(0, kb, 4):
+        for i in range(0, nb, 4):
+            d00, d01, d02, d03 = a * D[i, j], a * D[i + 1, j], a * D[i + 2, j], a * D[i + 3, j]
+            d10, d11, d12, d13 = (a * D[i, j + 1], a * D[i + 1, j + 1], a * D[i + 2, j + 1],
+                                  a * D[i + 3, j + 1])
+            d20, d21, d22, d23 = (a * D[i, j + 2], a * D[i + 1, j + 2], a * D[i + 2, j + 2],
+                                  a * D[i + 3, j + 2])
+            d30, d31, d32, d33 = (a * D[i, j + 3], a * D[i + 1, j + 3], a * D[i + 2, j + 3],
+                                  a * D[i + 3, j + 3])
+            for r in range(m):
+                v0, v1, v2, v3 = V[i, r], V[i + 1, r], V[i + 2, r], V[i + 3, r]
+                G[j, r] += d00 * v0 + d01 * v1 + d02 * v2 + d03 * v3
+                G[j + 1, r] += d10 * v0 + d11 * v1 + d12 * v2 + d13 * v3
+                G[j + 2, r] += d20 * v0 + d21 * v1 + d22 * v2 + d23 * v3
+                G[j + 3, r] += d30 * v0 + d31 * v1 + d32 * v2 + d33 * v3
+        for i in range(nb, n):
+            for q in range(j, j + 4):
+                dq = a * D[i, q]
+                for r in range(m):
+                    G[q, r] += dq * V[i, r]
+    for j in range(kb, k):
+        for i in range(n):
+            dj = a * D[i, j]
+            for r in range(m):
+                G[j, r] += dj * V[i, r]
 
 @njit(cache=True, error_model="numpy")
 def _col(v):
@@ -418,16 +464,6 @@ def _update(pf, gf, mf, vf, scale, l2, opt, lr, mu, beta1, beta2, eps, rho, wd, 
 
 
 @njit(cache=True, error_model="numpy")
-def _mean(g, p, scale, l2):
-    """g ← scale·g + l2·p in place: a batch sum of gradients made the mean (plus L2)."""
-    gf = g.reshape(g.size)
-    pf = p.reshape(p.size)
-    s, c = gf.dtype.type(scale), gf.dtype.type(l2)
-    for i in range(gf.size):
-        gf[i] = s * gf[i] + c * pf[i]
-
-
-@njit(cache=True, error_model="numpy")
 def _gather(src, order, start, out):
     """Rows order[start:start + len(out)] of src (1-D or 2-D), copied into the buffer out."""
     cols = src.size // max(src.shape[0], 1)
@@ -440,64 +476,42 @@ def _gather(src, order, start, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _fit_epochs(W1, b1, W2, b2,
-                _m_W1, _v_W1,
-                _m_b1, _v_b1,
-                _m_W2, _v_W2,
-                _m_b2, _v_b2,
-                X, Y, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _batch_size, _seed,
-                _shuffle, _epoch0, _epoch1, _t, _history):
-    """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count."""
+def _fit_epochs(W1, b1, W2, b2, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, _flat_g, _flat_m,
+                _flat_v, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _bs, _gathered, _seed,
+                _epoch0, _epoch1, _t, _history):
+    """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count.
+
+    Minibatches of _bs rows, gathered in a shuffled order into _Xb, _Yb (_order) when _gathered,
+    else consecutive rows of X, Y. The buffers are fit's (allocated once per call): _bufs, _grads
+    for _step; _flat_p, _flat_g, _flat_m, _flat_v are flat views of the parameters, gradient
+    sums and moments, one tuple each in PARAM_NAMES order.
+    """
     _n = X.shape[0]
-    _full = _opt == 0 or _batch_size <= 0 or _batch_size >= _n
-    _bs = _n if _full else _batch_size
-    # buffers allocated once: a gathered minibatch, the kernel's values, the gradients
-    _gathered = _shuffle and not _full
-    _Xb = np.empty((_bs if _gathered else 0, X.shape[1]), X.dtype)
-    _Yb = np.empty((_bs if _gathered else 0,) + Y.shape[1:], Y.dtype)
-    _bufs = _buffers(_bs, X)
-    _grads = _gradients(X)
-    _order = np.arange(_n if _gathered else 0)
-    # flat views of the parameters and moments, updated in place
-    _flat_W1 = W1.reshape(W1.size)
-    _flat_g_W1 = _grads[0].reshape(_grads[0].size)
-    _flat_m_W1 = _m_W1.reshape(_m_W1.size)
-    _flat_v_W1 = _v_W1.reshape(_v_W1.size)
-    _flat_b1 = b1.reshape(b1.size)
-    _flat_g_b1 = _grads[1].reshape(_grads[1].size)
-    _flat_m_b1 = _m_b1.reshape(_m_b1.size)
-    _flat_v_b1 = _v_b1.reshape(_v_b1.size)
-    _flat_W2 = W2.reshape(W2.size)
-    _flat_g_W2 = _grads[2].reshape(_grads[2].size)
-    _flat_m_W2 = _m_W2.reshape(_m_W2.size)
-    _flat_v_W2 = _v_W2.reshape(_v_W2.size)
-    _flat_b2 = b2.reshape(b2.size)
-    _flat_g_b2 = _grads[3].reshape(_grads[3].size)
-    _flat_m_b2 = _m_b2.reshape(_m_b2.size)
-    _flat_v_b2 = _v_b2.reshape(_v_b2.size)
+    _fused_lr = _lr if _opt <= 1 else 0.0  # gd and sgd: _step updates what it can itself
     for _epoch in range(_epoch0, _epoch1):
         if _gathered:
             _shuffle_into(_order, _seed, _epoch)
         _total = 0.0
-        _start = 0
+        _start = np.int64(0)  # not the literal 0: Numba would compile _gather for both
         while _start < _n:
             _size = min(_bs, _n - _start)
             if _gathered:
                 _gather(X, _order, _start, _Xb[:_size])
                 _gather(Y, _order, _start, _Yb[:_size])
-                _value = _step(W1, b1, W2, b2, _Xb[:_size], _Yb[:_size], _grads, _bufs)
+                _value = _step(W1, b1, W2, b2, _Xb[:_size], _Yb[:_size], _grads, _bufs, _fused_lr)
             else:
                 _value = _step(W1, b1, W2, b2, X[_start:_start + _size], Y[_start:_start + _size],
-                               _grads, _bufs)
+                               _grads, _bufs, _fused_lr)
             _t += 1
-            _update(_flat_W1, _flat_g_W1, _flat_m_W1, _flat_v_W1,
-                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_b1, _flat_g_b1, _flat_m_b1, _flat_v_b1,
-                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_W2, _flat_g_W2, _flat_m_W2, _flat_v_W2,
-                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
-            _update(_flat_b2, _flat_g_b2, _flat_m_b2, _flat_v_b2,
-                    1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            if _fused_lr == 0:  # W1: else _step has updated it
+                _update(_flat_p[0], _flat_g[0], _flat_m[0], _flat_v[0],
+                        1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+            _update(_flat_p[1], _flat_g[1], _flat_m[1], _flat_v[1], 1.0 / _size,
+                    0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # b1
+            _update(_flat_p[2], _flat_g[2], _flat_m[2], _flat_v[2], 1.0 / _size,
+                    0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # W2
+            _update(_flat_p[3], _flat_g[3], _flat_m[3], _flat_v[3], 1.0 / _size,
+                    0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # b2
             _total += _value * _size
             _start += _size
         _history[_epoch - _epoch0] = _total / _n
@@ -604,10 +618,23 @@ def loss(params, X, Y):
 
 
 def loss_and_grad(params, X, Y):
-    """The batch loss and its gradient with respect to every parameter (Params)."""
+    """The batch loss and its gradient with respect to every parameter (Params).
+
+    Computed by the training kernel _step (the compiled code fit runs) on buffers allocated for
+    this call; its gradient sums are made means (plus L2) here: g ← g/n + l2·θ.
+    """
     arrays = _arrays(params)
-    X = _inputs(X, arrays[0].dtype)
-    value, grads = _loss_grad(*arrays, X, _targets(Y, X.shape[0], arrays[0].dtype))
+    dtype = arrays[0].dtype
+    X = _inputs(X, dtype)
+    Y = _targets(Y, X.shape[0], dtype)
+    grads = _gradients(X)
+    value = _step(*arrays, X, Y, grads, _buffers(X.shape[0], X), 0.0)
+    with np.errstate(divide="ignore"):
+        scale = dtype.type(np.float64(1.0) / X.shape[0])
+    for g, p, l2 in zip(grads, arrays, _L2_COEFFICIENTS):
+        g *= scale
+        if l2:
+            g += dtype.type(l2) * p
     return float(value), _public(grads)
 
 
@@ -657,11 +684,22 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
         return _arrays(state[key], dtype, copy=True)
 
     m, v = moment("m"), moment("v")
-    moments = [a for pair in zip(m, v) for a in pair]
     code = OPTIMIZERS.index(optimizer)
+    n = X.shape[0]
+    full = code == 0 or int(batch_size) <= 0 or int(batch_size) >= n
+    rows = n if full else int(batch_size)
+    gathered = bool(shuffle) and not full
+    # allocated once per call: a gathered minibatch and the row order (empty when the batches
+    # are consecutive rows), the kernel's buffers and gradient sums; flat views to update
+    grads = _gradients(X)
+    work = (np.empty((rows if gathered else 0, X.shape[1]), dtype),
+            np.empty((rows if gathered else 0,) + Y.shape[1:], Y.dtype),
+            np.empty(n if gathered else 0, np.int64), _buffers(rows, X), grads,
+            tuple(a.reshape(-1) for a in arrays), tuple(g.reshape(-1) for g in grads),
+            tuple(a.reshape(-1) for a in m), tuple(a.reshape(-1) for a in v))
     options = (code, float(lr), float(h["momentum"]), float(h["beta1"]), float(h["beta2"]),
-               float(h["eps"]), float(h["rho"]), float(h["weight_decay"]), int(batch_size),
-               int(seed), bool(shuffle))
+               float(h["eps"]), float(h["rho"]), float(h["weight_decay"]), rows, gathered,
+               int(seed))
     history = np.zeros(int(epochs), np.float64)
 
     def current_state(copy=False):
@@ -671,12 +709,12 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
         return {"optimizer": optimizer, "step": step, **kept}
 
     if callback is None:
-        step = _fit_epochs(*arrays, *moments, X, Y, *options, int(start_epoch),
+        step = _fit_epochs(*arrays, X, Y, *work, *options, int(start_epoch),
                            int(start_epoch) + int(epochs), step, history)
     else:
         for k in range(int(epochs)):
             epoch = int(start_epoch) + k
-            step = _fit_epochs(*arrays, *moments, X, Y, *options, epoch, epoch + 1, step,
+            step = _fit_epochs(*arrays, X, Y, *work, *options, epoch, epoch + 1, step,
                                history[k:k + 1])
             snapshot = _public([a.copy() for a in arrays])
             if callback(epoch, float(history[k]), snapshot, current_state(copy=True)) is False:

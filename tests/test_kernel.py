@@ -43,9 +43,14 @@ SPECS = {
 }
 
 
-def _module(name, tmp_path, monkeypatch, threshold):
+def _module(name, tmp_path, monkeypatch, threshold, fused=False):
+    """The spec's module with every eligible product as BLAS (threshold 1) or as loops; fused:
+    every batch outer-product gradient is _outer_acc under gd/sgd (the update in the same pass)."""
     monkeypatch.setattr(kernel, "GEMM_MIN_SIZE", threshold)
-    label = "blas" if threshold == 1 else "loops"
+    if fused:
+        monkeypatch.setattr(kernel, "OUTER_KERNEL_MIN_ROWS", 1)
+        monkeypatch.setattr(kernel, "OUTER_KERNEL_MIN_COLS", 1)
+    label = ("fused" if fused else "blas") if threshold == 1 else "loops"
     d = derive(Spec.build(name=f"kernel_{name}_{label}", **SPECS[name]))
     path = codegen.generate(d, tmp_path / label, verify=False)
     return d, codegen.load_module(path), path.read_text()
@@ -90,12 +95,15 @@ def test_kernel_matches_the_reference(name, threshold, tmp_path, monkeypatch):
             np.testing.assert_allclose(g, ref_grads[p.name], rtol=1e-3, atol=1e-4, err_msg=p.name)
 
 
-@pytest.mark.parametrize("threshold", [1, 10**12], ids=["blas", "loops"])
-def test_fit_with_a_ragged_last_minibatch_equals_steps_of_loss_and_grad(threshold, tmp_path,
-                                                                         monkeypatch):
+@pytest.mark.parametrize("threshold, fused", [(1, False), (10**12, False), (1, True)],
+                         ids=["blas", "loops", "fused"])
+def test_fit_with_a_ragged_last_minibatch_equals_steps_of_loss_and_grad(threshold, fused,
+                                                                         tmp_path, monkeypatch):
     """fit reuses one set of buffers for every minibatch, the last one smaller: its parameters
-    after one epoch equal plain SGD driven by loss_and_grad on the same rows."""
-    d, module, _ = _module("mlp_ce", tmp_path, monkeypatch, threshold)
+    after one epoch equal plain SGD driven by loss_and_grad on the same rows (fused: W1 and W2,
+    5×6 and 4×5 with L2, are updated inside _step by _outer_acc, remainder rows included)."""
+    d, module, text = _module("mlp_ce", tmp_path, monkeypatch, threshold, fused)
+    assert ("_outer_acc(" in text) == fused
     X, Y = _data(module, 23, 3)
     params = module.init_params(4)
     fitted, history, _ = module.fit(params, X, Y, optimizer="sgd", lr=0.1, epochs=1,
@@ -111,6 +119,20 @@ def test_fit_with_a_ragged_last_minibatch_equals_steps_of_loss_and_grad(threshol
     for k, v in p.items():
         np.testing.assert_allclose(getattr(fitted, k), v, rtol=1e-12, atol=1e-14, err_msg=k)
     assert history[0] == pytest.approx(sum(losses) / 23, rel=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_a_fused_module_trains_other_optimizers_through_update(optimizer, tmp_path, monkeypatch):
+    """Only gd and sgd fuse the update into _step: other optimizers train exactly as the module
+    without _outer_acc does."""
+    _, plain, _ = _module("mlp_ce", tmp_path, monkeypatch, 1)
+    _, fused, _ = _module("mlp_ce", tmp_path, monkeypatch, 1, fused=True)
+    X, Y = _data(plain, 23, 5)
+    runs = [m.fit(m.init_params(2), X, Y, optimizer=optimizer, lr=0.05, epochs=2, batch_size=5)
+            for m in (plain, fused)]
+    for name in plain.PARAM_NAMES:
+        np.testing.assert_array_equal(getattr(runs[0][0], name), getattr(runs[1][0], name))
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
 
 def test_flat_access_indexes_rows_with_literal_strides():
