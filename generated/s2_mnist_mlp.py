@@ -52,8 +52,9 @@ fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, callb
     Every optimizer except gd shuffles the rows each epoch with epoch_order(n, seed, epoch)
     when batch_size < n (shuffle=False: minibatches are consecutive rows in the given order);
     the last minibatch of an epoch may be smaller.
-    history[e] is the mean training loss of epoch e: the mean over its minibatches of their
-    losses (weighted by minibatch size), each taken before that minibatch's update step.
+    history[e] (in the parameters' dtype) is the mean training loss of epoch e: the mean over
+    its minibatches of their losses (weighted by minibatch size), each taken before that
+    minibatch's update step.
     The epoch loop runs compiled (every hot path is @njit(cache=True), error_model="numpy": no
     zero-division checks inside loops; the training step _step may reorder sums and fuse
     multiply-adds, nothing more); callback(epoch, loss, params, state) is called after every
@@ -676,14 +677,15 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
     step = 0 if state is None else int(state["step"])
 
     def moment(key):
-        """The optimizer's moment arrays (empty, of the same rank, when it keeps none)."""
+        """The optimizer's moment arrays, and their flat views (one shared empty array for
+        every parameter when it keeps none)."""
         if key not in _MOMENTS[optimizer]:
-            return [np.zeros((0,) * a.ndim, dtype) for a in arrays]
-        if state is None:
-            return [np.zeros_like(a) for a in arrays]
-        return _arrays(state[key], dtype, copy=True)
+            return None, (np.zeros(0, dtype),) * len(arrays)
+        kept = [np.zeros_like(a) for a in arrays] if state is None else \
+            _arrays(state[key], dtype, copy=True)
+        return kept, tuple(a.reshape(-1) for a in kept)
 
-    m, v = moment("m"), moment("v")
+    (m, flat_m), (v, flat_v) = moment("m"), moment("v")
     code = OPTIMIZERS.index(optimizer)
     n = X.shape[0]
     full = code == 0 or int(batch_size) <= 0 or int(batch_size) >= n
@@ -695,12 +697,12 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
     work = (np.empty((rows if gathered else 0, X.shape[1]), dtype),
             np.empty((rows if gathered else 0,) + Y.shape[1:], Y.dtype),
             np.empty(n if gathered else 0, np.int64), _buffers(rows, X), grads,
-            tuple(a.reshape(-1) for a in arrays), tuple(g.reshape(-1) for g in grads),
-            tuple(a.reshape(-1) for a in m), tuple(a.reshape(-1) for a in v))
+            tuple(a.reshape(-1) for a in arrays), tuple(g.reshape(-1) for g in grads), flat_m,
+            flat_v)
     options = (code, float(lr), float(h["momentum"]), float(h["beta1"]), float(h["beta2"]),
                float(h["eps"]), float(h["rho"]), float(h["weight_decay"]), rows, gathered,
                int(seed))
-    history = np.zeros(int(epochs), np.float64)
+    history = np.zeros(int(epochs), dtype)  # in the training dtype, as every other array
 
     def current_state(copy=False):
         pick = (lambda a: a.copy()) if copy else (lambda a: a)
