@@ -180,9 +180,10 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
     _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
     and loss_and_grad scale them. Explicit loops over the samples into the buffers _bufs (see
     _buffers), BLAS for large matrix products; nothing is allocated.
-    _lr > 0 (fit with gd or sgd) applies the update θ ← θ − _lr·(g/n + l2·θ) of the parameters
-    W1 in the pass that sums their
-    gradients (their _grads entries are then not written); _lr = 0 computes every gradient.
+
+    With _lr > 0 (fit with gd or sgd) this pass also makes the update θ ← θ − _lr·(g/n + l2·θ)
+    of the parameters below, leaving their _grads entries unwritten; with _lr = 0 it computes
+    every gradient. Updated here: W1.
     """
     _F = X.dtype.type
     n = X.shape[0]

@@ -180,6 +180,7 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
     _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
     and loss_and_grad scale them. Explicit loops over the samples into the buffers _bufs (see
     _buffers), BLAS for large matrix products; nothing is allocated.
+
     _lr is not used: no parameter's update is fused into this pass (_update makes every step).
     """
     _F = X.dtype.type
