@@ -21,10 +21,11 @@ With plain gradient descent (``_step``'s ``_lr`` > 0, as ``fit`` passes for gd a
 batch outer-product gradient of at least ``OUTER_KERNEL_MIN_ROWS`` × ``OUTER_KERNEL_MIN_COLS``
 (the first layer of an MNIST network) is never formed: ``_outer_acc``, a loop over 4 rows × 4
 samples at a time, adds −(lr/n)·Σ δ vᵀ to the parameter in one pass, where BLAS would write the
-gradient and ``_update`` read it back (benchmarks/outer_kernel.py, one core, float32, rows from
-memory: 784→64 at batch 32, 1875 steps: np.dot + update 100.8 ms, fused 71.1 ms; 784→128 b32
-179.9 → 123.7 ms). With 10 rows (W3) the fused loop loses once the rows are in cache, and other
-optimizers keep BLAS: alone, the loop is level with it there.
+gradient and ``_update`` read it back (``python benchmarks/outer_kernel.py``, one core, float32,
+rows from memory: 784→64 at batch 32, 1875 steps: np.dot + update 97.1 ms, fused 69.6 ms;
+784→128 b32 175.7 → 122.1 ms; 64×256 level, 10×784 in cache 0.87×, 10×128 0.5×). Other
+optimizers keep BLAS: there the loop, faster alone, was level with it inside a whole Adam step
+(in-process fit of W4 427 vs 439 ms, W6 304 vs 308 ms).
 
 Gradients are batch sums. A small one (at most ``LOCAL_GRAD_SIZE`` entries) is summed in local
 variables, one per entry, stored after the sample loop: with nothing stored per sample but the
