@@ -206,6 +206,14 @@ def _text(item: "str | _Nest") -> list[str]:
     return item.body if isinstance(item, _Nest) else [item]
 
 
+def _edit(items: list["str | _Nest"], k: int, edit) -> None:
+    """Apply ``edit`` to every line of ``items[k]``: a nest's body, or the line itself."""
+    if isinstance(items[k], _Nest):
+        items[k].body[:] = [edit(line) for line in items[k].body]
+    else:
+        items[k] = edit(items[k])
+
+
 def _index(names: list[str]) -> str:
     return ", ".join(names)
 
@@ -535,16 +543,15 @@ class _Kernel:
         gemm = self.batch_outer(expr) if math.prod(shape) >= GEMM_MIN_SIZE else None
         if gemm is not None and len(shape) == 2 and shape[0] >= OUTER_KERNEL_MIN_ROWS \
                 and shape[1] >= OUTER_KERNEL_MIN_COLS:
-            p, keep = step.of, "1.0"
-            if p in self.d.l2_params:
-                keep = f"1.0 - _lr * {self.d.spec.l2!r}"
+            p = step.of
+            keep = f"1.0 - _lr * {self.d.spec.l2!r}" if p in self.d.l2_params else "1.0"
             self.deferred += [
                 self.comment(step),
                 f"if _lr > 0:  # gd/sgd: {p} ← {p} − lr·(Σ/n + l2·{p}) in the same pass",
                 f"    _outer_acc({gemm[0]}, {gemm[1]}, {p}, -_lr / n, {keep})",
                 "else:",
                 f"    np.dot({gemm[0]}.T, {gemm[1]}, {name})"]
-            self.fused.append(step.of)
+            self.fused.append(p)
         elif gemm is not None:
             self.deferred += [self.comment(step), f"np.dot({gemm[0]}.T, {gemm[1]}, {name})"]
         elif expr != 0 and math.prod(shape) <= LOCAL_GRAD_SIZE:
@@ -594,11 +601,7 @@ class _Kernel:
                 if any(s != f"_i, {_index(list(nest.idx))}" for s in subscripts):
                     continue
             for k in readers:
-                renamed = [_indexing(name).sub(name, line) for line in _text(items[k])]
-                if isinstance(items[k], _Nest):
-                    items[k].body[:] = renamed
-                else:
-                    items[k] = renamed[0]
+                _edit(items, k, lambda line: _indexing(name).sub(name, line))
             self.buffers.remove(buffer)
 
     def flat_views(self) -> list[str]:
@@ -625,13 +628,8 @@ class _Kernel:
             return line
 
         for loop, items in self.out:
-            if not loop:
-                continue
-            for k, item in enumerate(items):
-                if isinstance(item, _Nest):
-                    item.body[:] = [flatten(line) for line in item.body]
-                else:
-                    items[k] = flatten(item)
+            for k in range(len(items) if loop else 0):
+                _edit(items, k, flatten)
         return [f"_f_{name} = {name}.reshape({name}.size)" for name in used]
 
     def run(self, steps: list[tuple[Step, sp.Expr]]) -> KernelText:

@@ -510,8 +510,8 @@ def _fit_epochs(W1, b1, W2, b2, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, 
                                _grads, _bufs, _fused_lr)
             _t += 1
             if _fused_lr == 0:  # W1: else _step has updated it
-                _update(_flat_p[0], _flat_g[0], _flat_m[0], _flat_v[0],
-                        1.0 / _size, 0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
+                _update(_flat_p[0], _flat_g[0], _flat_m[0], _flat_v[0], 1.0 / _size,
+                        0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)
             _update(_flat_p[1], _flat_g[1], _flat_m[1], _flat_v[1], 1.0 / _size,
                     0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # b1
             _update(_flat_p[2], _flat_g[2], _flat_m[2], _flat_v[2], 1.0 / _size,
@@ -711,7 +711,7 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
 
     def current_state(copy=False):
         pick = (lambda a: a.copy()) if copy else (lambda a: a)
-        kept = {key: _public([pick(a) for a in arrays_]) if key in _MOMENTS[optimizer] else None
+        kept = {key: None if arrays_ is None else _public([pick(a) for a in arrays_])
                 for key, arrays_ in (("m", m), ("v", v))}
         return {"optimizer": optimizer, "step": step, **kept}
 

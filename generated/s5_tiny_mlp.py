@@ -677,7 +677,7 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
 
     def current_state(copy=False):
         pick = (lambda a: a.copy()) if copy else (lambda a: a)
-        kept = {key: _public([pick(a) for a in arrays_]) if key in _MOMENTS[optimizer] else None
+        kept = {key: None if arrays_ is None else _public([pick(a) for a in arrays_])
                 for key, arrays_ in (("m", m), ("v", v))}
         return {"optimizer": optimizer, "step": step, **kept}
 
