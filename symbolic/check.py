@@ -360,6 +360,11 @@ class _Probe:
     analytic: float
 
 
+def agree(a: float, b: float, rtol: float, atol: float) -> bool:
+    """``|a − b| <= atol + rtol·max(|a|, |b|)``, the check's tolerance (NaN never agrees)."""
+    return abs(a - b) <= atol + rtol * max(abs(a), abs(b))
+
+
 class _PointCheck:
     """All comparisons at one parameter point."""
 
@@ -378,7 +383,7 @@ class _PointCheck:
         self.base = None if kink_masks is None else np.asarray(kink_masks(_copy(theta)))
         plain = self._loss(theta)
         self.mismatch = None
-        if not abs(plain - self.value) <= self.atol + rtol * max(abs(plain), abs(self.value)):
+        if not agree(plain, self.value, rtol, self.atol):
             self.mismatch = (f"{where}: loss() = {plain:.17g} but loss_and_grad() = "
                              f"{self.value:.17g}; the gradient belongs to a different loss")
 

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
-from .check import CheckReport, check_gradients, near_kink, random_point, replace_zero_tensors
+from .check import CheckReport, agree, check_gradients, near_kink, random_point, replace_zero_tensors
 from .derive import Derivation
 from .evaluate import DomainError, Reference
 
@@ -154,9 +154,7 @@ def _reference_mismatches(ref: Reference, loss: LossFn, points: list[Params], X:
     for i, point in enumerate(points):
         got = float(loss({k: v.copy() for k, v in point.items()}, X, Y))
         want = float(ref.loss(point, X, Y))
-        tol = (report.atol_scale * max(1.0, abs(want))
-               + report.rtol * max(abs(got), abs(want)))
-        if not abs(got - want) <= tol:
+        if not agree(got, want, report.rtol, report.atol_scale * max(1.0, abs(want))):
             found.append(f"point {i}: the loss is {got:.17g} but the derivation's (reference "
                          f"evaluator) is {want:.17g}; the code computes a different loss")
     return found
