@@ -36,6 +36,15 @@ Larger ones add a row δ_j·vᵀ at a time, skipping rows where δ_j is 0 (inact
 multiply-adds fused (so the reductions vectorize, as BLAS reorders them too); no flag assumes
 away NaN or infinity, so divergence still shows as a non-finite loss.
 
+Unrolled schedule. A small model (see ``UNROLL_MAX_ENTRIES``) has every loop over a value's
+entries written out with literal indices: every value is a local variable per entry
+(``z1_3``), every gradient a sum in locals, no BLAS and no buffer, so one sample's work is
+straight-line code and the sample loop vectorizes across samples. An input of at least
+``FEATURE_MAJOR_MIN_WIDTH`` entries is then read feature-major (``X[3, _i]`` of a (features,
+samples) batch that ``_layout``/``fit`` make), so each of its entries is one vector load across
+samples; a narrower one through the flat view. benchmarks/unroll_threshold.py, one core,
+float32: a 10→5→1 MSE network (W2) 2.8 → 1.0 µs per full-batch step of 100 samples.
+
 logsumexp(u) keeps its exponentials e^{u−m} in a buffer, so softmax(u) next to it (the δ of
 softmax cross-entropy) is a division, not a second exponential (W3: 66 → 56 ms).
 
@@ -72,6 +81,18 @@ rows and columns (W1 of a 784→64 layer) is not formed: the module's register-b
 LOCAL_GRAD_SIZE = 8
 """A gradient with at most this many entries is summed in local variables, one per entry: with
 no store inside the sample loop, the compiler can vectorize that loop across samples."""
+
+UNROLL_MAX_ENTRIES = 128
+UNROLL_MAX_STATEMENTS = 256
+"""A model whose parameters have at most UNROLL_MAX_ENTRIES entries in all, and whose input and
+every per-sample value at most that many each, gets the unrolled schedule (see :func:`unrolled`)
+if its sample loop written out has at most UNROLL_MAX_STATEMENTS statements: compile time grows
+with them (benchmarks/unroll_threshold.py, one core: a 4→6→10 softmax network, 446 statements,
+compiles in 11 s instead of 5)."""
+
+FEATURE_MAJOR_MIN_WIDTH = 4
+"""On the unrolled schedule, an input of at least this many entries is read feature-major: a
+sample's entries strided by the batch size, so each is one vector load across samples."""
 
 _ELEMENTWISE = (sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.Abs, sp.sign,
                 Elementwise)
@@ -137,6 +158,7 @@ class KernelText:
     buffers: tuple[Buffer, ...]
     grads: tuple[Buffer, ...]  # one per parameter (no rows dimension)
     fused: tuple[str, ...]  # parameters that _step itself updates when given _lr > 0
+    feature_major: bool  # unrolled, wide input: _step reads X (float Y) as (width, samples)
 
 
 def _indexing(name: str) -> re.Pattern:
@@ -206,6 +228,11 @@ def _text(item: "str | _Nest") -> list[str]:
     return item.body if isinstance(item, _Nest) else [item]
 
 
+def _lines(item: "str | _Nest") -> list[str]:
+    """An item of a sample loop as code: a nest with its loops."""
+    return item.lines() if isinstance(item, _Nest) else [item]
+
+
 def _edit(items: list["str | _Nest"], k: int, edit) -> None:
     """Apply ``edit`` to every line of ``items[k]``: a nest's body, or the line itself."""
     if isinstance(items[k], _Nest):
@@ -241,9 +268,51 @@ class _Nest:
         return head + _Kernel.loops(self.shape, list(self.idx), self.body)
 
 
+_LOOP = re.compile(r"^( *)for (_[jr]\d*) in range\((?:(\d+), )?(\d+)\):$")
+
+
+def _unroll(lines: list[str]) -> list[str]:
+    """``lines`` with every ``for _j… in range(…)`` loop written out, its index a literal in each
+    copy; a comment inside a loop is kept in the first copy only."""
+    out, k = [], 0
+    while k < len(lines):
+        m = _LOOP.match(lines[k])
+        k += 1
+        if m is None:
+            out.append(lines[k - 1])
+            continue
+        indent, var = m.group(1), m.group(2)
+        start, stop = int(m.group(3) or 0), int(m.group(4))
+        body = []
+        while k < len(lines) and lines[k].startswith(indent + " "):
+            body.append(indent + lines[k][len(indent) + 4:])
+            k += 1
+        index = re.compile(rf"(?<![\w.]){var}(?!\w)")
+        for value in range(start, stop):
+            out += [index.sub(str(value), line) for line in _unroll(body)
+                    if value == start or not line.lstrip().startswith("#")]
+    return out
+
+
+def unrolled(d: Derivation) -> bool:
+    """Whether ``d`` may get the unrolled schedule: a small model (every size within
+    ``UNROLL_MAX_ENTRIES``) whose step is one loop over the samples with every loop over a
+    value's entries written out and every value and gradient sum a local variable: nothing is
+    loaded or stored per sample but the sample's inputs and target, so the compiler vectorizes
+    the loop across samples. An input of ``FEATURE_MAJOR_MIN_WIDTH`` or more entries is read
+    feature-major (X as (features, samples)); a narrower one through a flat view."""
+    sizes = [math.prod(v.shape) for v in d.values.values() if v.kind != "param"]
+    return (sum(math.prod(p.shape) for p in d.spec.params) <= UNROLL_MAX_ENTRIES
+            and max(sizes, default=1) <= UNROLL_MAX_ENTRIES)
+
+
 class _Kernel:
-    def __init__(self, d: Derivation, tags: dict[str, str], formulas: dict[str, str]):
+    def __init__(self, d: Derivation, tags: dict[str, str], formulas: dict[str, str],
+                 unroll: bool):
         self.d = d
+        self.unrolled = unroll
+        width = math.prod(d.spec.input_shape)
+        self.feature_major = self.unrolled and width >= FEATURE_MAJOR_MIN_WIDTH
         self.tags = tags
         self.formulas = formulas
         self.shapes: dict[sp.Symbol, Shape] = {v.symbol: v.shape for v in d.values.values()}
@@ -289,12 +358,11 @@ class _Kernel:
             return sym.name if not shape else f"{sym.name}[{_index(idx)}]"
         if kind == "acc":
             return "_acc"
-        if kind == "input":
-            return f"X[_i, {_flat_index(idx, shape)}]"
-        if kind == "target":
-            if self.classes is not None:
+        if kind in ("input", "target"):
+            if kind == "target" and self.classes is not None:
                 return "Y[_i]"
-            return f"Y[_i, {_flat_index(idx, shape)}]"
+            array, flat = ("X" if kind == "input" else "Y"), _flat_index(idx, shape)
+            return f"{array}[{flat}, _i]" if self.feature_major else f"{array}[_i, {flat}]"
         return f"{sym.name}[_i, {_index(idx) if shape else '0'}]"
 
     def label(self, y: sp.Expr) -> str:
@@ -355,6 +423,10 @@ class _Kernel:
             return self.leaf(f"(_one if {idx[0]} == {self.label(e.args[0])} else _zero)")
         if isinstance(e, Pick):
             z, y = e.args
+            if self.unrolled:  # z_y as Σ_c [c = y]·z_c: every entry of z is a local
+                label = self.label(y)
+                return sp.Add(*[self.leaf(f"(_one if {c} == {label} else _zero)")
+                                * self.at(z, [str(c)]) for c in range(self.shape(z)[0])])
             return self.at(z, [self.label(y)])
         if isinstance(e, Softmax):  # e^{u_j − m} / Σ e^{u − m}, the exponentials of logsumexp
             (u,) = e.args
@@ -423,7 +495,7 @@ class _Kernel:
         if not (inner.is_Symbol and self.kinds[inner] == "param"):
             return None
         shape = self.shapes[inner]
-        if len(shape) != 2 or math.prod(shape) < GEMM_MIN_SIZE:
+        if self.unrolled or len(shape) != 2 or math.prod(shape) < GEMM_MIN_SIZE:
             return None
         return inner.name, isinstance(e, Transposed)
 
@@ -540,7 +612,8 @@ class _Kernel:
         shape = tuple(param.shape) or (1,)
         name = step.name
         idx = [f"_j{k}" for k in range(len(shape))]
-        gemm = self.batch_outer(expr) if math.prod(shape) >= GEMM_MIN_SIZE else None
+        blas = math.prod(shape) >= GEMM_MIN_SIZE and not self.unrolled
+        gemm = self.batch_outer(expr) if blas else None
         if gemm is not None and len(shape) == 2 and shape[0] >= OUTER_KERNEL_MIN_ROWS \
                 and shape[1] >= OUTER_KERNEL_MIN_COLS:
             p = step.of
@@ -554,7 +627,7 @@ class _Kernel:
             self.fused.append(p)
         elif gemm is not None:
             self.deferred += [self.comment(step), f"np.dot({gemm[0]}.T, {gemm[1]}, {name})"]
-        elif expr != 0 and math.prod(shape) <= LOCAL_GRAD_SIZE:
+        elif expr != 0 and (math.prod(shape) <= LOCAL_GRAD_SIZE or self.unrolled):
             self.segment.append(self.comment(step))
             for index in itertools.product(*(range(size) for size in shape)):
                 at = [str(k) for k in index] if param.shape else []
@@ -640,21 +713,52 @@ class _Kernel:
                 self.value_step(step, expr)
         self.close()
         self.localize()
-        lines = [*self.flat_views(), *self.prologue, "_total = 0.0"]
+        if self.unrolled:
+            self.out = [(loop, self.locals(_unroll([x for item in items for x in _lines(item)])))
+                        if loop else (loop, items) for loop, items in self.out]
+        lines = [*([] if self.feature_major else self.flat_views()), *self.prologue,
+                 "_total = 0.0"]
         for loop, items in self.out:
             if not loop:
                 lines += items
                 continue
             lines.append("for _i in range(n):")
-            for item in items:
-                lines += ["    " + line
-                          for line in (item.lines() if isinstance(item, _Nest) else [item])]
+            lines += ["    " + line for item in items for line in _lines(item)]
         grads = tuple(Buffer(f"grad_{p.name}", tuple(p.shape) or (1,)) for p in self.d.spec.params)
         return KernelText(tuple(lines), tuple(self.deferred), tuple(self.buffers), grads,
-                          tuple(self.fused))
+                          tuple(self.fused), self.feature_major)
+
+    def locals(self, body: list[str]) -> list[str]:
+        """Unrolled ``body`` with every buffer entry ``z1[_i, 3]`` a local variable ``z1_3``
+        (``_v_z1_3`` for all when such a name is taken); the buffers are dropped."""
+        entries = {b.name: _indexing(b.name) for b in self.buffers}
+
+        def local(name: str, subscript: str, prefix: str) -> str:
+            parts = _top_level_split(subscript)
+            if parts[0] != "_i" or not all(p.isdigit() for p in parts[1:]):
+                raise CodegenError(f"unrolled kernel: {name}[{subscript}] is not one entry")
+            return prefix + "_".join([name, *parts[1:]])
+
+        code = [line for line in body if not line.lstrip().startswith("#")]
+        taken = set(re.findall(r"[A-Za-z_]\w*", "\n".join(code)))
+        wanted = {local(name, sub, "") for name in entries for sub in _subscripts(name, code)}
+        prefix = "_v_" if wanted & taken else ""
+        for name, pattern in entries.items():
+            body = [line if line.lstrip().startswith("#") else
+                    pattern.sub(lambda m, n=name: local(n, m.group(1), prefix), line)
+                    for line in body]
+        self.buffers.clear()
+        return body
 
 
 def kernel(d: Derivation, steps: list[tuple[Step, sp.Expr]], tags: dict[str, str],
            formulas: dict[str, str]) -> KernelText:
-    """The body of ``_step`` for ``steps`` (each with its expression as the lowering shares it)."""
-    return _Kernel(d, tags, formulas).run(steps)
+    """The body of ``_step`` for ``steps`` (each with its expression as the lowering shares it):
+    the unrolled schedule where the model is small enough, else loop nests and BLAS."""
+    if unrolled(d):
+        text = _Kernel(d, tags, formulas, unroll=True).run(steps)
+        loop = [line for line in text.lines if line.startswith("    ")
+                and not line.lstrip().startswith("#")]
+        if len(loop) <= UNROLL_MAX_STATEMENTS:
+            return text
+    return _Kernel(d, tags, formulas, unroll=False).run(steps)

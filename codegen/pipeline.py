@@ -353,7 +353,7 @@ def verify_module(module: Any, d: Derivation, *, seed: int = 0, data=None) -> Ch
         rows = X.shape[0]
         if rows not in scratch:
             scratch[rows] = module._gradients(X), module._buffers(rows, X)
-        return float(module._step(*arrays, X, Y, *scratch[rows], 0.0))
+        return float(module._step(*arrays, *module._layout(X, Y), *scratch[rows], 0.0))
 
     def loss_and_grad(params, X, Y):
         value, grads = module.loss_and_grad(as64(params), X, Y)

@@ -164,8 +164,10 @@ def _step(_scalar_a, _scalar_k, _scalar_c, X, Y, _grads, _bufs, _lr):
     """Forward and backward pass over the batch (X, Y); returns the batch loss.
 
     _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
-    and loss_and_grad scale them. Explicit loops over the samples into the buffers _bufs (see
-    _buffers), BLAS for large matrix products; nothing is allocated.
+    and loss_and_grad scale them.
+    One loop over the samples with every loop over a value's entries written out: each value
+    and gradient sum is a local variable, so the loop vectorizes across samples and _bufs is
+    empty; nothing is allocated.
 
     _lr is not used: no parameter's update is fused into this pass (_update makes every step).
     """
@@ -396,9 +398,9 @@ def _fit_epochs(_scalar_a, _scalar_k, _scalar_c, X, Y, _Xb, _Yb, _order, _bufs, 
     """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count.
 
     Minibatches of _bs rows, gathered in a shuffled order into _Xb, _Yb (_order) when _gathered,
-    else consecutive rows of X, Y. The buffers are fit's (allocated once per call): _bufs, _grads
-    for _step; _flat_p, _flat_g, _flat_m, _flat_v are flat views of the parameters, gradient
-    sums and moments, one tuple each in PARAM_NAMES order.
+    else consecutive rows of X, Y. The buffers are fit's
+    (allocated once per call): _bufs, _grads for _step; _flat_p, _flat_g, _flat_m, _flat_v are
+    flat views of the parameters, gradient sums and moments, one tuple each in PARAM_NAMES order.
     """
     _n = X.shape[0]
     _fused_lr = _lr if _opt <= 1 else 0.0  # gd and sgd: _step updates what it can itself
@@ -528,6 +530,11 @@ def loss(params, X, Y):
     return float(_loss(*arrays, X, _targets(Y, X.shape[0], arrays[0].dtype)))
 
 
+def _layout(X, Y):
+    """The batch (X, Y) as _step reads it (as it is: rows are samples)."""
+    return X, Y
+
+
 def loss_and_grad(params, X, Y):
     """The batch loss and its gradient with respect to every parameter (Params).
 
@@ -539,7 +546,7 @@ def loss_and_grad(params, X, Y):
     X = _inputs(X, dtype)
     Y = _targets(Y, X.shape[0], dtype)
     grads = _gradients(X)
-    value = _step(*arrays, X, Y, grads, _buffers(X.shape[0], X), 0.0)
+    value = _step(*arrays, *_layout(X, Y), grads, _buffers(X.shape[0], X), 0.0)
     with np.errstate(divide="ignore"):
         scale = dtype.type(np.float64(1.0) / X.shape[0])
     for g, p, l2 in zip(grads, arrays, _L2_COEFFICIENTS):

@@ -157,39 +157,156 @@ def _step(w, _scalar_b, X, Y, _grads, _bufs, _lr):
     """Forward and backward pass over the batch (X, Y); returns the batch loss.
 
     _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
-    and loss_and_grad scale them. Explicit loops over the samples into the buffers _bufs (see
-    _buffers), BLAS for large matrix products; nothing is allocated.
+    and loss_and_grad scale them.
+    One loop over the samples with every loop over a value's entries written out: each value
+    and gradient sum is a local variable, so the loop vectorizes across samples and _bufs is
+    empty; nothing is allocated.
+    The batch is feature-major, as _layout makes it: X is (features, samples), Y (target
+    entries, samples).
 
     _lr is not used: no parameter's update is fused into this pass (_update makes every step).
     """
     _F = X.dtype.type
-    n = X.shape[0]
+    n = X.shape[1]
     _one = _F(1)
     _zero = _F(0)
     b = _scalar_b[0]
     (grad_w, grad_b) = _grads
-    _f_X = X.reshape(X.size)
-    _f_Y = Y.reshape(Y.size)
-    grad_w[:] = 0
     _total = 0.0
     _g2 = _F(0)
+    _g3 = _F(0)
+    _g4 = _F(0)
+    _g5 = _F(0)
+    _g6 = _F(0)
+    _g7 = _F(0)
+    _g8 = _F(0)
+    _g9 = _F(0)
+    _g10 = _F(0)
+    _g11 = _F(0)
+    _g12 = _F(0)
+    _g13 = _F(0)
+    _g14 = _F(0)
+    _g15 = _F(0)
+    _g16 = _F(0)
+    _g17 = _F(0)
+    _g18 = _F(0)
+    _g19 = _F(0)
+    _g20 = _F(0)
+    _g21 = _F(0)
+    _g22 = _F(0)
+    _g23 = _F(0)
+    _g24 = _F(0)
+    _g25 = _F(0)
+    _g26 = _F(0)
+    _g27 = _F(0)
+    _g28 = _F(0)
+    _g29 = _F(0)
+    _g30 = _F(0)
+    _g31 = _F(0)
+    _g32 = _F(0)
     for _i in range(n):
         _s1 = _F(0)
-        for _r in range(30):
-            _s1 += w[_r]*_f_X[_i*30 + _r]
+        _s1 += w[0]*X[0, _i]
+        _s1 += w[1]*X[1, _i]
+        _s1 += w[2]*X[2, _i]
+        _s1 += w[3]*X[3, _i]
+        _s1 += w[4]*X[4, _i]
+        _s1 += w[5]*X[5, _i]
+        _s1 += w[6]*X[6, _i]
+        _s1 += w[7]*X[7, _i]
+        _s1 += w[8]*X[8, _i]
+        _s1 += w[9]*X[9, _i]
+        _s1 += w[10]*X[10, _i]
+        _s1 += w[11]*X[11, _i]
+        _s1 += w[12]*X[12, _i]
+        _s1 += w[13]*X[13, _i]
+        _s1 += w[14]*X[14, _i]
+        _s1 += w[15]*X[15, _i]
+        _s1 += w[16]*X[16, _i]
+        _s1 += w[17]*X[17, _i]
+        _s1 += w[18]*X[18, _i]
+        _s1 += w[19]*X[19, _i]
+        _s1 += w[20]*X[20, _i]
+        _s1 += w[21]*X[21, _i]
+        _s1 += w[22]*X[22, _i]
+        _s1 += w[23]*X[23, _i]
+        _s1 += w[24]*X[24, _i]
+        _s1 += w[25]*X[25, _i]
+        _s1 += w[26]*X[26, _i]
+        _s1 += w[27]*X[27, _i]
+        _s1 += w[28]*X[28, _i]
+        _s1 += w[29]*X[29, _i]
         # (1) z = b + w·x
         z = b + _s1
         # (2) loss = −y·z + softplus(z)
-        loss = -_f_Y[_i]*z + (np.maximum(z, _F(0)) + np.log1p(np.exp(-np.abs(z))))
+        loss = -Y[0, _i]*z + (np.maximum(z, _F(0)) + np.log1p(np.exp(-np.abs(z))))
         _total += loss
         # (3) δ_z = −y + σ(z)
-        delta_z = -_f_Y[_i] + (1/(1 + np.exp(-z)))
+        delta_z = -Y[0, _i] + (1/(1 + np.exp(-z)))
         # (4) ∂L/∂w = δ_z·x   (mean over the batch)
-        for _j0 in range(30):
-            grad_w[_j0] += delta_z*_f_X[_i*30 + _j0]
+        _g2 += delta_z*X[0, _i]
+        _g3 += delta_z*X[1, _i]
+        _g4 += delta_z*X[2, _i]
+        _g5 += X[3, _i]*delta_z
+        _g6 += X[4, _i]*delta_z
+        _g7 += X[5, _i]*delta_z
+        _g8 += X[6, _i]*delta_z
+        _g9 += X[7, _i]*delta_z
+        _g10 += X[8, _i]*delta_z
+        _g11 += X[9, _i]*delta_z
+        _g12 += X[10, _i]*delta_z
+        _g13 += X[11, _i]*delta_z
+        _g14 += X[12, _i]*delta_z
+        _g15 += X[13, _i]*delta_z
+        _g16 += X[14, _i]*delta_z
+        _g17 += X[15, _i]*delta_z
+        _g18 += X[16, _i]*delta_z
+        _g19 += X[17, _i]*delta_z
+        _g20 += X[18, _i]*delta_z
+        _g21 += X[19, _i]*delta_z
+        _g22 += X[20, _i]*delta_z
+        _g23 += X[21, _i]*delta_z
+        _g24 += X[22, _i]*delta_z
+        _g25 += X[23, _i]*delta_z
+        _g26 += X[24, _i]*delta_z
+        _g27 += X[25, _i]*delta_z
+        _g28 += X[26, _i]*delta_z
+        _g29 += X[27, _i]*delta_z
+        _g30 += X[28, _i]*delta_z
+        _g31 += X[29, _i]*delta_z
         # (5) ∂L/∂b = δ_z   (mean over the batch)
-        _g2 += delta_z
-    grad_b[0] = _g2
+        _g32 += delta_z
+    grad_w[0] = _g2
+    grad_w[1] = _g3
+    grad_w[2] = _g4
+    grad_w[3] = _g5
+    grad_w[4] = _g6
+    grad_w[5] = _g7
+    grad_w[6] = _g8
+    grad_w[7] = _g9
+    grad_w[8] = _g10
+    grad_w[9] = _g11
+    grad_w[10] = _g12
+    grad_w[11] = _g13
+    grad_w[12] = _g14
+    grad_w[13] = _g15
+    grad_w[14] = _g16
+    grad_w[15] = _g17
+    grad_w[16] = _g18
+    grad_w[17] = _g19
+    grad_w[18] = _g20
+    grad_w[19] = _g21
+    grad_w[20] = _g22
+    grad_w[21] = _g23
+    grad_w[22] = _g24
+    grad_w[23] = _g25
+    grad_w[24] = _g26
+    grad_w[25] = _g27
+    grad_w[26] = _g28
+    grad_w[27] = _g29
+    grad_w[28] = _g30
+    grad_w[29] = _g31
+    grad_b[0] = _g32
     return _total/n
 
 
@@ -380,18 +497,33 @@ def _gather(src, order, start, out):
 
 
 @njit(cache=True, error_model="numpy")
+def _columns(src, order, start, out):
+    """out (cols, size) ← rows start … start + size − 1 of src (n, cols) as columns, the rows
+    taken through order (order[start + k]) unless order is empty."""
+    for k in range(out.shape[1]):
+        row = order[start + k] if order.shape[0] else start + k
+        for j in range(out.shape[0]):
+            out[j, k] = src[row, j]
+
+
+@njit(cache=True, error_model="numpy")
 def _fit_epochs(w, _scalar_b, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, _flat_g, _flat_m,
                 _flat_v, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _bs, _gathered, _seed,
                 _epoch0, _epoch1, _t, _history):
     """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count.
 
-    Minibatches of _bs rows, gathered in a shuffled order into _Xb, _Yb (_order) when _gathered,
-    else consecutive rows of X, Y. The buffers are fit's (allocated once per call): _bufs, _grads
-    for _step; _flat_p, _flat_g, _flat_m, _flat_v are flat views of the parameters, gradient
-    sums and moments, one tuple each in PARAM_NAMES order.
+    Minibatches of _bs rows (in a shuffled order, _order, when _gathered; else consecutive rows)
+    laid out feature-major for _step in the flat buffers _Xb and _Yb: once, before the
+    first epoch, when the whole data set is every epoch's only batch. The buffers are fit's
+    (allocated once per call): _bufs, _grads for _step; _flat_p, _flat_g, _flat_m, _flat_v are
+    flat views of the parameters, gradient sums and moments, one tuple each in PARAM_NAMES order.
     """
     _n = X.shape[0]
     _fused_lr = _lr if _opt <= 1 else 0.0  # gd and sgd: _step updates what it can itself
+    _once = not _gathered and _bs >= _n  # one batch, the same every epoch: laid out once
+    if _once:
+        _columns(X, _order, 0, _Xb[:X.shape[1] * _n].reshape((X.shape[1], _n)))
+        _columns(Y, _order, 0, _Yb[:Y.shape[1] * _n].reshape((Y.shape[1], _n)))
     for _epoch in range(_epoch0, _epoch1):
         if _gathered:
             _shuffle_into(_order, _seed, _epoch)
@@ -399,13 +531,12 @@ def _fit_epochs(w, _scalar_b, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, _f
         _start = np.int64(0)  # not the literal 0: Numba would compile _gather for both
         while _start < _n:
             _size = min(_bs, _n - _start)
-            if _gathered:
-                _gather(X, _order, _start, _Xb[:_size])
-                _gather(Y, _order, _start, _Yb[:_size])
-                _value = _step(w, _scalar_b, _Xb[:_size], _Yb[:_size], _grads, _bufs, _fused_lr)
-            else:
-                _value = _step(w, _scalar_b, X[_start:_start + _size], Y[_start:_start + _size],
-                               _grads, _bufs, _fused_lr)
+            _xb = _Xb[:X.shape[1] * _size].reshape((X.shape[1], _size))
+            _yb = _Yb[:Y.shape[1] * _size].reshape((Y.shape[1], _size))
+            if not _once:
+                _columns(X, _order, _start, _xb)
+                _columns(Y, _order, _start, _yb)
+            _value = _step(w, _scalar_b, _xb, _yb, _grads, _bufs, _fused_lr)
             _t += 1
             _update(_flat_p[0], _flat_g[0], _flat_m[0], _flat_v[0], 1.0 / _size,
                     0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # w
@@ -516,6 +647,12 @@ def loss(params, X, Y):
     return float(_loss(*arrays, X, _targets(Y, X.shape[0], arrays[0].dtype)))
 
 
+def _layout(X, Y):
+    """The batch (X, Y) as _step reads it: feature-major copies, X as (features, samples) and Y as
+    (target entries, samples)."""
+    return np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T)
+
+
 def loss_and_grad(params, X, Y):
     """The batch loss and its gradient with respect to every parameter (Params).
 
@@ -527,7 +664,7 @@ def loss_and_grad(params, X, Y):
     X = _inputs(X, dtype)
     Y = _targets(Y, X.shape[0], dtype)
     grads = _gradients(X)
-    value = _step(*arrays, X, Y, grads, _buffers(X.shape[0], X), 0.0)
+    value = _step(*arrays, *_layout(X, Y), grads, _buffers(X.shape[0], X), 0.0)
     with np.errstate(divide="ignore"):
         scale = dtype.type(np.float64(1.0) / X.shape[0])
     for g, p, l2 in zip(grads, arrays, _L2_COEFFICIENTS):
@@ -592,8 +729,9 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
     # allocated once per call: a gathered minibatch and the row order (empty when the batches
     # are consecutive rows), the kernel's buffers and gradient sums; flat views to update
     grads = _gradients(X)
-    work = (np.empty((rows if gathered else 0, X.shape[1]), dtype),
-            np.empty((rows if gathered else 0,) + Y.shape[1:], Y.dtype),
+    # minibatches feature-major, as _step reads them
+    work = (np.empty(X.shape[1] * rows, dtype),
+            np.empty(Y.shape[1] * rows, dtype),
             np.empty(n if gathered else 0, np.int64), _buffers(rows, X), grads,
             tuple(a.reshape(-1) for a in arrays), tuple(g.reshape(-1) for g in grads), flat_m,
             flat_v)

@@ -152,9 +152,6 @@ def _loss(W1, b1, W2, b2, X, Y):
 def _buffers(rows, like):
     """One buffer per value of the training kernel, for batches of up to ``rows`` samples."""
     return (
-        np.empty((rows, 5), like.dtype),  # z1
-        np.empty((rows, 5), like.dtype),  # h
-        np.empty((rows, 5), like.dtype),  # delta_z1
     )
 
 
@@ -174,25 +171,21 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
     """Forward and backward pass over the batch (X, Y); returns the batch loss.
 
     _grads receives the *sums* over the batch of the per-sample gradients (without L2): _update
-    and loss_and_grad scale them. Explicit loops over the samples into the buffers _bufs (see
-    _buffers), BLAS for large matrix products; nothing is allocated.
+    and loss_and_grad scale them.
+    One loop over the samples with every loop over a value's entries written out: each value
+    and gradient sum is a local variable, so the loop vectorizes across samples and _bufs is
+    empty; nothing is allocated.
+    The batch is feature-major, as _layout makes it: X is (features, samples), Y (target
+    entries, samples).
 
     _lr is not used: no parameter's update is fused into this pass (_update makes every step).
     """
     _F = X.dtype.type
-    n = X.shape[0]
+    n = X.shape[1]
     _one = _F(1)
     _zero = _F(0)
     (grad_W1, grad_b1, grad_W2, grad_b2) = _grads
-    (z1, h, delta_z1) = _bufs
-    _f_z1 = z1.reshape(z1.size)
-    _f_h = h.reshape(h.size)
-    _f_Y = Y.reshape(Y.size)
-    _f_delta_z1 = delta_z1.reshape(delta_z1.size)
     _total = 0.0
-    # (1) z1 = b1 + W1 x
-    np.dot(X, W1.T, z1[:n])
-    _g3 = _F(0)
     _g4 = _F(0)
     _g5 = _F(0)
     _g6 = _F(0)
@@ -203,63 +196,289 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
     _g11 = _F(0)
     _g12 = _F(0)
     _g13 = _F(0)
+    _g14 = _F(0)
+    _g15 = _F(0)
+    _g16 = _F(0)
+    _g17 = _F(0)
+    _g18 = _F(0)
+    _g19 = _F(0)
+    _g20 = _F(0)
+    _g21 = _F(0)
+    _g22 = _F(0)
+    _g23 = _F(0)
+    _g24 = _F(0)
+    _g25 = _F(0)
+    _g26 = _F(0)
+    _g27 = _F(0)
+    _g28 = _F(0)
+    _g29 = _F(0)
+    _g30 = _F(0)
+    _g31 = _F(0)
+    _g32 = _F(0)
+    _g33 = _F(0)
+    _g34 = _F(0)
+    _g35 = _F(0)
+    _g36 = _F(0)
+    _g37 = _F(0)
+    _g38 = _F(0)
+    _g39 = _F(0)
+    _g40 = _F(0)
+    _g41 = _F(0)
+    _g42 = _F(0)
+    _g43 = _F(0)
+    _g44 = _F(0)
+    _g45 = _F(0)
+    _g46 = _F(0)
+    _g47 = _F(0)
+    _g48 = _F(0)
+    _g49 = _F(0)
+    _g50 = _F(0)
+    _g51 = _F(0)
+    _g52 = _F(0)
+    _g53 = _F(0)
+    _g54 = _F(0)
+    _g55 = _F(0)
+    _g56 = _F(0)
+    _g57 = _F(0)
+    _g58 = _F(0)
+    _g59 = _F(0)
+    _g60 = _F(0)
+    _g61 = _F(0)
+    _g62 = _F(0)
+    _g63 = _F(0)
+    _g64 = _F(0)
     for _i in range(n):
-        for _j0 in range(5):
-            _f_z1[_i*5 + _j0] = b1[_j0] + _f_z1[_i*5 + _j0]
-            # (2) h = relu(z1)
-            _f_h[_i*5 + _j0] = np.maximum(_f_z1[_i*5 + _j0], _F(0))
+        # (1) z1 = b1 + W1 x
+        _acc = _F(0)
+        _acc += W1[0, 0]*X[0, _i]
+        _acc += W1[0, 1]*X[1, _i]
+        _acc += W1[0, 2]*X[2, _i]
+        _acc += W1[0, 3]*X[3, _i]
+        _acc += W1[0, 4]*X[4, _i]
+        _acc += W1[0, 5]*X[5, _i]
+        _acc += W1[0, 6]*X[6, _i]
+        _acc += W1[0, 7]*X[7, _i]
+        _acc += W1[0, 8]*X[8, _i]
+        _acc += W1[0, 9]*X[9, _i]
+        z1_0 = _acc + b1[0]
+        # (2) h = relu(z1)
+        h_0 = np.maximum(z1_0, _F(0))
+        _acc = _F(0)
+        _acc += W1[1, 0]*X[0, _i]
+        _acc += W1[1, 1]*X[1, _i]
+        _acc += W1[1, 2]*X[2, _i]
+        _acc += W1[1, 3]*X[3, _i]
+        _acc += W1[1, 4]*X[4, _i]
+        _acc += W1[1, 5]*X[5, _i]
+        _acc += W1[1, 6]*X[6, _i]
+        _acc += W1[1, 7]*X[7, _i]
+        _acc += W1[1, 8]*X[8, _i]
+        _acc += W1[1, 9]*X[9, _i]
+        z1_1 = _acc + b1[1]
+        h_1 = np.maximum(z1_1, _F(0))
+        _acc = _F(0)
+        _acc += W1[2, 0]*X[0, _i]
+        _acc += W1[2, 1]*X[1, _i]
+        _acc += W1[2, 2]*X[2, _i]
+        _acc += W1[2, 3]*X[3, _i]
+        _acc += W1[2, 4]*X[4, _i]
+        _acc += W1[2, 5]*X[5, _i]
+        _acc += W1[2, 6]*X[6, _i]
+        _acc += W1[2, 7]*X[7, _i]
+        _acc += W1[2, 8]*X[8, _i]
+        _acc += W1[2, 9]*X[9, _i]
+        z1_2 = _acc + b1[2]
+        h_2 = np.maximum(z1_2, _F(0))
+        _acc = _F(0)
+        _acc += W1[3, 0]*X[0, _i]
+        _acc += W1[3, 1]*X[1, _i]
+        _acc += W1[3, 2]*X[2, _i]
+        _acc += W1[3, 3]*X[3, _i]
+        _acc += W1[3, 4]*X[4, _i]
+        _acc += W1[3, 5]*X[5, _i]
+        _acc += W1[3, 6]*X[6, _i]
+        _acc += W1[3, 7]*X[7, _i]
+        _acc += W1[3, 8]*X[8, _i]
+        _acc += W1[3, 9]*X[9, _i]
+        z1_3 = _acc + b1[3]
+        h_3 = np.maximum(z1_3, _F(0))
+        _acc = _F(0)
+        _acc += W1[4, 0]*X[0, _i]
+        _acc += W1[4, 1]*X[1, _i]
+        _acc += W1[4, 2]*X[2, _i]
+        _acc += W1[4, 3]*X[3, _i]
+        _acc += W1[4, 4]*X[4, _i]
+        _acc += W1[4, 5]*X[5, _i]
+        _acc += W1[4, 6]*X[6, _i]
+        _acc += W1[4, 7]*X[7, _i]
+        _acc += W1[4, 8]*X[8, _i]
+        _acc += W1[4, 9]*X[9, _i]
+        z1_4 = _acc + b1[4]
+        h_4 = np.maximum(z1_4, _F(0))
         # (3) yhat = b2 + W2 h
-        for _j0 in range(1):
-            _acc = _F(0)
-            for _r in range(5):
-                _acc += W2[_j0, _r]*_f_h[_i*5 + _r]
-            yhat = _acc + b2[_j0]
-        _s2 = _F(0)
-        for _r0 in range(1):
-            _s2 += (yhat - _f_Y[_i])**2
+        _acc = _F(0)
+        _acc += W2[0, 0]*h_0
+        _acc += W2[0, 1]*h_1
+        _acc += W2[0, 2]*h_2
+        _acc += W2[0, 3]*h_3
+        _acc += W2[0, 4]*h_4
+        yhat = _acc + b2[0]
+        _s3 = _F(0)
+        _s3 += (yhat - Y[0, _i])**2
         # (4) loss = Σ((−y + yhat)²)
-        loss = _s2
+        loss = _s3
         _total += loss
         # (5) δ_yhat = 2·(−y + yhat)
-        for _j0 in range(1):
-            delta_yhat = (_F(-2))*_f_Y[_i] + _F(2)*yhat
+        delta_yhat = _F(2)*yhat + (_F(-2))*Y[0, _i]
         # (6) ∂L/∂W2 = δ_yhat hᵀ   (mean over the batch)
-        _g3 += delta_yhat*_f_h[_i*5]
-        _g4 += delta_yhat*_f_h[_i*5 + 1]
-        _g5 += delta_yhat*_f_h[_i*5 + 2]
-        _g6 += delta_yhat*_f_h[_i*5 + 3]
-        _g7 += delta_yhat*_f_h[_i*5 + 4]
+        _g4 += delta_yhat*h_0
+        _g5 += delta_yhat*h_1
+        _g6 += delta_yhat*h_2
+        _g7 += delta_yhat*h_3
+        _g8 += delta_yhat*h_4
         # (7) ∂L/∂b2 = δ_yhat   (mean over the batch)
-        _g8 += delta_yhat
+        _g9 += delta_yhat
         # (8) δ_h = W2ᵀ δ_yhat
-        for _j0 in range(5):
-            _acc = _F(0)
-            for _r in range(1):
-                _acc += W2[_r, _j0]*delta_yhat
-            delta_h = _acc
-            # (9) δ_z1 = δ_h ⊙ step(z1)
-            _f_delta_z1[_i*5 + _j0] = delta_h*(_f_z1[_i*5 + _j0] > 0)
+        _acc = _F(0)
+        _acc += W2[0, 0]*delta_yhat
+        delta_h = _acc
+        # (9) δ_z1 = δ_h ⊙ step(z1)
+        delta_z1_0 = delta_h*(z1_0 > 0)
+        _acc = _F(0)
+        _acc += W2[0, 1]*delta_yhat
+        delta_h = _acc
+        delta_z1_1 = delta_h*(z1_1 > 0)
+        _acc = _F(0)
+        _acc += W2[0, 2]*delta_yhat
+        delta_h = _acc
+        delta_z1_2 = delta_h*(z1_2 > 0)
+        _acc = _F(0)
+        _acc += W2[0, 3]*delta_yhat
+        delta_h = _acc
+        delta_z1_3 = delta_h*(z1_3 > 0)
+        _acc = _F(0)
+        _acc += W2[0, 4]*delta_yhat
+        delta_h = _acc
+        delta_z1_4 = delta_h*(z1_4 > 0)
+        # (10) ∂L/∂W1 = δ_z1 xᵀ   (mean over the batch)
+        _g10 += delta_z1_0*X[0, _i]
+        _g11 += delta_z1_0*X[1, _i]
+        _g12 += delta_z1_0*X[2, _i]
+        _g13 += delta_z1_0*X[3, _i]
+        _g14 += delta_z1_0*X[4, _i]
+        _g15 += delta_z1_0*X[5, _i]
+        _g16 += delta_z1_0*X[6, _i]
+        _g17 += delta_z1_0*X[7, _i]
+        _g18 += delta_z1_0*X[8, _i]
+        _g19 += delta_z1_0*X[9, _i]
+        _g20 += X[0, _i]*delta_z1_1
+        _g21 += X[1, _i]*delta_z1_1
+        _g22 += X[2, _i]*delta_z1_1
+        _g23 += X[3, _i]*delta_z1_1
+        _g24 += X[4, _i]*delta_z1_1
+        _g25 += X[5, _i]*delta_z1_1
+        _g26 += X[6, _i]*delta_z1_1
+        _g27 += X[7, _i]*delta_z1_1
+        _g28 += X[8, _i]*delta_z1_1
+        _g29 += X[9, _i]*delta_z1_1
+        _g30 += X[0, _i]*delta_z1_2
+        _g31 += X[1, _i]*delta_z1_2
+        _g32 += X[2, _i]*delta_z1_2
+        _g33 += X[3, _i]*delta_z1_2
+        _g34 += X[4, _i]*delta_z1_2
+        _g35 += X[5, _i]*delta_z1_2
+        _g36 += X[6, _i]*delta_z1_2
+        _g37 += X[7, _i]*delta_z1_2
+        _g38 += X[8, _i]*delta_z1_2
+        _g39 += X[9, _i]*delta_z1_2
+        _g40 += X[0, _i]*delta_z1_3
+        _g41 += X[1, _i]*delta_z1_3
+        _g42 += X[2, _i]*delta_z1_3
+        _g43 += X[3, _i]*delta_z1_3
+        _g44 += X[4, _i]*delta_z1_3
+        _g45 += X[5, _i]*delta_z1_3
+        _g46 += X[6, _i]*delta_z1_3
+        _g47 += X[7, _i]*delta_z1_3
+        _g48 += X[8, _i]*delta_z1_3
+        _g49 += X[9, _i]*delta_z1_3
+        _g50 += X[0, _i]*delta_z1_4
+        _g51 += X[1, _i]*delta_z1_4
+        _g52 += X[2, _i]*delta_z1_4
+        _g53 += X[3, _i]*delta_z1_4
+        _g54 += X[4, _i]*delta_z1_4
+        _g55 += X[5, _i]*delta_z1_4
+        _g56 += X[6, _i]*delta_z1_4
+        _g57 += X[7, _i]*delta_z1_4
+        _g58 += X[8, _i]*delta_z1_4
+        _g59 += X[9, _i]*delta_z1_4
         # (11) ∂L/∂b1 = δ_z1   (mean over the batch)
-        _g9 += _f_delta_z1[_i*5]
-        _g10 += _f_delta_z1[_i*5 + 1]
-        _g11 += _f_delta_z1[_i*5 + 2]
-        _g12 += _f_delta_z1[_i*5 + 3]
-        _g13 += _f_delta_z1[_i*5 + 4]
-    grad_W2[0, 0] = _g3
-    grad_W2[0, 1] = _g4
-    grad_W2[0, 2] = _g5
-    grad_W2[0, 3] = _g6
-    grad_W2[0, 4] = _g7
-    grad_b2[0] = _g8
-    grad_b1[0] = _g9
-    grad_b1[1] = _g10
-    grad_b1[2] = _g11
-    grad_b1[3] = _g12
-    grad_b1[4] = _g13
-    _value = _total/n
-    # (10) ∂L/∂W1 = δ_z1 xᵀ   (mean over the batch)
-    np.dot(delta_z1[:n].T, X, grad_W1)
-    return _value
+        _g60 += delta_z1_0
+        _g61 += delta_z1_1
+        _g62 += delta_z1_2
+        _g63 += delta_z1_3
+        _g64 += delta_z1_4
+    grad_W2[0, 0] = _g4
+    grad_W2[0, 1] = _g5
+    grad_W2[0, 2] = _g6
+    grad_W2[0, 3] = _g7
+    grad_W2[0, 4] = _g8
+    grad_b2[0] = _g9
+    grad_W1[0, 0] = _g10
+    grad_W1[0, 1] = _g11
+    grad_W1[0, 2] = _g12
+    grad_W1[0, 3] = _g13
+    grad_W1[0, 4] = _g14
+    grad_W1[0, 5] = _g15
+    grad_W1[0, 6] = _g16
+    grad_W1[0, 7] = _g17
+    grad_W1[0, 8] = _g18
+    grad_W1[0, 9] = _g19
+    grad_W1[1, 0] = _g20
+    grad_W1[1, 1] = _g21
+    grad_W1[1, 2] = _g22
+    grad_W1[1, 3] = _g23
+    grad_W1[1, 4] = _g24
+    grad_W1[1, 5] = _g25
+    grad_W1[1, 6] = _g26
+    grad_W1[1, 7] = _g27
+    grad_W1[1, 8] = _g28
+    grad_W1[1, 9] = _g29
+    grad_W1[2, 0] = _g30
+    grad_W1[2, 1] = _g31
+    grad_W1[2, 2] = _g32
+    grad_W1[2, 3] = _g33
+    grad_W1[2, 4] = _g34
+    grad_W1[2, 5] = _g35
+    grad_W1[2, 6] = _g36
+    grad_W1[2, 7] = _g37
+    grad_W1[2, 8] = _g38
+    grad_W1[2, 9] = _g39
+    grad_W1[3, 0] = _g40
+    grad_W1[3, 1] = _g41
+    grad_W1[3, 2] = _g42
+    grad_W1[3, 3] = _g43
+    grad_W1[3, 4] = _g44
+    grad_W1[3, 5] = _g45
+    grad_W1[3, 6] = _g46
+    grad_W1[3, 7] = _g47
+    grad_W1[3, 8] = _g48
+    grad_W1[3, 9] = _g49
+    grad_W1[4, 0] = _g50
+    grad_W1[4, 1] = _g51
+    grad_W1[4, 2] = _g52
+    grad_W1[4, 3] = _g53
+    grad_W1[4, 4] = _g54
+    grad_W1[4, 5] = _g55
+    grad_W1[4, 6] = _g56
+    grad_W1[4, 7] = _g57
+    grad_W1[4, 8] = _g58
+    grad_W1[4, 9] = _g59
+    grad_b1[0] = _g60
+    grad_b1[1] = _g61
+    grad_b1[2] = _g62
+    grad_b1[3] = _g63
+    grad_b1[4] = _g64
+    return _total/n
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -449,18 +668,33 @@ def _gather(src, order, start, out):
 
 
 @njit(cache=True, error_model="numpy")
+def _columns(src, order, start, out):
+    """out (cols, size) ← rows start … start + size − 1 of src (n, cols) as columns, the rows
+    taken through order (order[start + k]) unless order is empty."""
+    for k in range(out.shape[1]):
+        row = order[start + k] if order.shape[0] else start + k
+        for j in range(out.shape[0]):
+            out[j, k] = src[row, j]
+
+
+@njit(cache=True, error_model="numpy")
 def _fit_epochs(W1, b1, W2, b2, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, _flat_g, _flat_m,
                 _flat_v, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _bs, _gathered, _seed,
                 _epoch0, _epoch1, _t, _history):
     """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count.
 
-    Minibatches of _bs rows, gathered in a shuffled order into _Xb, _Yb (_order) when _gathered,
-    else consecutive rows of X, Y. The buffers are fit's (allocated once per call): _bufs, _grads
-    for _step; _flat_p, _flat_g, _flat_m, _flat_v are flat views of the parameters, gradient
-    sums and moments, one tuple each in PARAM_NAMES order.
+    Minibatches of _bs rows (in a shuffled order, _order, when _gathered; else consecutive rows)
+    laid out feature-major for _step in the flat buffers _Xb and _Yb: once, before the
+    first epoch, when the whole data set is every epoch's only batch. The buffers are fit's
+    (allocated once per call): _bufs, _grads for _step; _flat_p, _flat_g, _flat_m, _flat_v are
+    flat views of the parameters, gradient sums and moments, one tuple each in PARAM_NAMES order.
     """
     _n = X.shape[0]
     _fused_lr = _lr if _opt <= 1 else 0.0  # gd and sgd: _step updates what it can itself
+    _once = not _gathered and _bs >= _n  # one batch, the same every epoch: laid out once
+    if _once:
+        _columns(X, _order, 0, _Xb[:X.shape[1] * _n].reshape((X.shape[1], _n)))
+        _columns(Y, _order, 0, _Yb[:Y.shape[1] * _n].reshape((Y.shape[1], _n)))
     for _epoch in range(_epoch0, _epoch1):
         if _gathered:
             _shuffle_into(_order, _seed, _epoch)
@@ -468,13 +702,12 @@ def _fit_epochs(W1, b1, W2, b2, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, 
         _start = np.int64(0)  # not the literal 0: Numba would compile _gather for both
         while _start < _n:
             _size = min(_bs, _n - _start)
-            if _gathered:
-                _gather(X, _order, _start, _Xb[:_size])
-                _gather(Y, _order, _start, _Yb[:_size])
-                _value = _step(W1, b1, W2, b2, _Xb[:_size], _Yb[:_size], _grads, _bufs, _fused_lr)
-            else:
-                _value = _step(W1, b1, W2, b2, X[_start:_start + _size], Y[_start:_start + _size],
-                               _grads, _bufs, _fused_lr)
+            _xb = _Xb[:X.shape[1] * _size].reshape((X.shape[1], _size))
+            _yb = _Yb[:Y.shape[1] * _size].reshape((Y.shape[1], _size))
+            if not _once:
+                _columns(X, _order, _start, _xb)
+                _columns(Y, _order, _start, _yb)
+            _value = _step(W1, b1, W2, b2, _xb, _yb, _grads, _bufs, _fused_lr)
             _t += 1
             _update(_flat_p[0], _flat_g[0], _flat_m[0], _flat_v[0], 1.0 / _size,
                     0.0, _opt, _lr, _mu, _beta1, _beta2, _eps, _rho, _wd, _t)  # W1
@@ -589,6 +822,12 @@ def loss(params, X, Y):
     return float(_loss(*arrays, X, _targets(Y, X.shape[0], arrays[0].dtype)))
 
 
+def _layout(X, Y):
+    """The batch (X, Y) as _step reads it: feature-major copies, X as (features, samples) and Y as
+    (target entries, samples)."""
+    return np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T)
+
+
 def loss_and_grad(params, X, Y):
     """The batch loss and its gradient with respect to every parameter (Params).
 
@@ -600,7 +839,7 @@ def loss_and_grad(params, X, Y):
     X = _inputs(X, dtype)
     Y = _targets(Y, X.shape[0], dtype)
     grads = _gradients(X)
-    value = _step(*arrays, X, Y, grads, _buffers(X.shape[0], X), 0.0)
+    value = _step(*arrays, *_layout(X, Y), grads, _buffers(X.shape[0], X), 0.0)
     with np.errstate(divide="ignore"):
         scale = dtype.type(np.float64(1.0) / X.shape[0])
     for g, p, l2 in zip(grads, arrays, _L2_COEFFICIENTS):
@@ -665,8 +904,9 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
     # allocated once per call: a gathered minibatch and the row order (empty when the batches
     # are consecutive rows), the kernel's buffers and gradient sums; flat views to update
     grads = _gradients(X)
-    work = (np.empty((rows if gathered else 0, X.shape[1]), dtype),
-            np.empty((rows if gathered else 0,) + Y.shape[1:], Y.dtype),
+    # minibatches feature-major, as _step reads them
+    work = (np.empty(X.shape[1] * rows, dtype),
+            np.empty(Y.shape[1] * rows, dtype),
             np.empty(n if gathered else 0, np.int64), _buffers(rows, X), grads,
             tuple(a.reshape(-1) for a in arrays), tuple(g.reshape(-1) for g in grads), flat_m,
             flat_v)

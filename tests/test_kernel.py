@@ -1,9 +1,11 @@
 """The training kernel (codegen/kernel.py) against the reference evaluator, on both schedules.
 
-Each spec is generated twice: with every matrix product as explicit loops (GEMM_MIN_SIZE out of
-reach) and with every eligible one as a BLAS call over the batch (GEMM_MIN_SIZE = 1). The loss
-and gradients of both must equal the reference evaluator's (per-sample float64 SymPy semantics,
-an independent implementation), and float32 must agree to float32 accuracy.
+Each spec is generated three times: with every matrix product as explicit loops (GEMM_MIN_SIZE
+out of reach), with every eligible one as a BLAS call over the batch (GEMM_MIN_SIZE = 1), and on
+the unrolled schedule (every loop over a value's entries written out, values and gradient sums
+as locals, the batch feature-major). The loss and gradients of each must equal the reference
+evaluator's (per-sample float64 SymPy semantics, an independent implementation), and float32
+must agree to float32 accuracy.
 """
 
 from __future__ import annotations
@@ -43,14 +45,18 @@ SPECS = {
 }
 
 
-def _module(name, tmp_path, monkeypatch, threshold, fused=False):
+def _module(name, tmp_path, monkeypatch, threshold, fused=False, unrolled=False):
     """The spec's module with every eligible product as BLAS (threshold 1) or as loops; fused:
-    every batch outer-product gradient is _outer_acc under gd/sgd (the update in the same pass)."""
+    every batch outer-product gradient is _outer_acc under gd/sgd (the update in the same pass);
+    unrolled: the unrolled schedule (else no spec gets it)."""
     monkeypatch.setattr(kernel, "GEMM_MIN_SIZE", threshold)
+    monkeypatch.setattr(kernel, "UNROLL_MAX_ENTRIES", 10**6 if unrolled else 0)
+    monkeypatch.setattr(kernel, "UNROLL_MAX_STATEMENTS", 10**6)
     if fused:
         monkeypatch.setattr(kernel, "OUTER_KERNEL_MIN_ROWS", 1)
         monkeypatch.setattr(kernel, "OUTER_KERNEL_MIN_COLS", 1)
-    label = ("fused" if fused else "blas") if threshold == 1 else "loops"
+    label = "unrolled" if unrolled else ("fused" if fused else "blas") if threshold == 1 \
+        else "loops"
     d = derive(Spec.build(name=f"kernel_{name}_{label}", **SPECS[name]))
     path = codegen.generate(d, tmp_path / label, verify=False)
     return d, codegen.load_module(path), path.read_text()
@@ -66,15 +72,22 @@ def _data(module, n, seed):
     return X, rng.normal(size=(n, *module.TARGET_SHAPE))
 
 
-@pytest.mark.parametrize("threshold", [1, 10**12], ids=["blas", "loops"])
+SCHEDULES = {"blas": (1, False), "loops": (10**12, False), "unrolled": (1, True)}
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_kernel_matches_the_reference(name, threshold, tmp_path, monkeypatch):
-    d, module, text = _module(name, tmp_path, monkeypatch, threshold)
+def test_kernel_matches_the_reference(name, schedule, tmp_path, monkeypatch):
+    threshold, unrolled = SCHEDULES[schedule]
+    d, module, text = _module(name, tmp_path, monkeypatch, threshold, unrolled=unrolled)
     step = text[text.index("def _step("):text.index("\n# ---", text.index("def _step("))]
-    if threshold == 1 and name not in ("scalars", "one_entry"):
+    if schedule == "blas" and name not in ("scalars", "one_entry"):
         assert "np.dot(" in step
-    if threshold != 1:
+    if schedule != "blas":
         assert "np.dot(" not in step
+    if unrolled:  # no loop but the sample loop, no buffer
+        assert step.count("for ") == 1
+        assert "return (\n    )" in text[text.index("def _buffers("):]
     ref = Reference(d)
     for seed, n in ((1, 7), (2, 1)):
         X, Y = _data(module, n, seed)
@@ -95,20 +108,29 @@ def test_kernel_matches_the_reference(name, threshold, tmp_path, monkeypatch):
             np.testing.assert_allclose(g, ref_grads[p.name], rtol=1e-3, atol=1e-4, err_msg=p.name)
 
 
-@pytest.mark.parametrize("threshold, fused", [(1, False), (10**12, False), (1, True)],
-                         ids=["blas", "loops", "fused"])
-def test_fit_with_a_ragged_last_minibatch_equals_steps_of_loss_and_grad(threshold, fused,
-                                                                         tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["mlp_ce", "scalars", "rowvec_onehot"])
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "in_order"])
+@pytest.mark.parametrize("threshold, fused, unrolled",
+                         [(1, False, False), (10**12, False, False), (1, True, False),
+                          (1, False, True)], ids=["blas", "loops", "fused", "unrolled"])
+def test_fit_with_a_ragged_last_minibatch_equals_steps_of_loss_and_grad(
+        name, shuffle, threshold, fused, unrolled, tmp_path, monkeypatch):
     """fit reuses one set of buffers for every minibatch, the last one smaller: its parameters
     after one epoch equal plain SGD driven by loss_and_grad on the same rows (fused: W1 and W2,
-    5×6 and 4×5 with L2, are updated inside _step by _outer_acc, remainder rows included)."""
-    d, module, text = _module("mlp_ce", tmp_path, monkeypatch, threshold, fused)
+    5×6 and 4×5 with L2, are updated inside _step by _outer_acc, remainder rows included;
+    unrolled: minibatches laid out feature-major with labels (mlp_ce) or float targets
+    (scalars), or read sample-major from a 3-feature input (rowvec_onehot))."""
+    if fused and name != "mlp_ce" or name == "rowvec_onehot" and not unrolled:
+        pytest.skip("the fused update is tested on mlp_ce; rowvec_onehot is the narrow input")
+    d, module, text = _module(name, tmp_path, monkeypatch, threshold, fused, unrolled)
     assert ("_outer_acc(" in text) == fused
+    wide = module.INPUT_SHAPE[0] >= kernel.FEATURE_MAJOR_MIN_WIDTH
+    assert ("def _columns(" in text) == (unrolled and wide)
     X, Y = _data(module, 23, 3)
     params = module.init_params(4)
     fitted, history, _ = module.fit(params, X, Y, optimizer="sgd", lr=0.1, epochs=1,
-                                    batch_size=5, seed=9)
-    order = module.epoch_order(23, 9, 0)
+                                    batch_size=5, seed=9, shuffle=shuffle)
+    order = module.epoch_order(23, 9, 0) if shuffle else np.arange(23)
     p = {k: np.array(v) for k, v in params._asdict().items()}
     losses = []
     for start in range(0, 23, 5):
@@ -152,3 +174,21 @@ def test_one_entry_values_are_locals(tmp_path, monkeypatch):
     assert "# z" not in buffers and "# u" not in buffers
     step = text[text.index("def _step("):text.index("\n# ---", text.index("def _step("))]
     assert "_f_X[_i*3 + _r]" in step
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["loops", "unrolled"])
+@pytest.mark.parametrize("name", ["scalars", "rowvec_onehot"])
+def test_full_batch_gd_equals_steps_of_loss_and_grad(name, unrolled, tmp_path, monkeypatch):
+    """Full-batch gradient descent (unrolled: the batch laid out feature-major once, before the
+    first epoch, and reused) equals steps of loss_and_grad, epoch by epoch."""
+    d, module, _ = _module(name, tmp_path, monkeypatch, 10**12, unrolled=unrolled)
+    X, Y = _data(module, 11, 6)
+    params = module.init_params(1)
+    fitted, history, _ = module.fit(params, X, Y, optimizer="gd", lr=0.05, epochs=3)
+    p = {k: np.array(v) for k, v in params._asdict().items()}
+    for epoch in range(3):
+        loss, grads = module.loss_and_grad(p, X, Y)
+        assert history[epoch] == pytest.approx(loss, rel=1e-12)
+        p = {k: v - 0.05 * getattr(grads, k) for k, v in p.items()}
+    for k, v in p.items():
+        np.testing.assert_allclose(getattr(fitted, k), v, rtol=1e-12, atol=1e-14, err_msg=k)

@@ -368,8 +368,8 @@ def test_dropped_bias_term_in_the_generated_source_fails(derivation):
     d = derivation("s5_tiny_mlp")
     good = render_module(d)
     head, tail = good.split("def _step(", 1)
-    assert tail.count("yhat = _acc + b2[_j0]\n") == 1  # yhat (one entry) is a local
-    bad = head + "def _step(" + tail.replace("yhat = _acc + b2[_j0]\n", "yhat = _acc\n")
+    assert tail.count("yhat = _acc + b2[0]\n") == 1  # yhat (one entry) is a local
+    bad = head + "def _step(" + tail.replace("yhat = _acc + b2[0]\n", "yhat = _acc\n")
     report = codegen.check_text(bad, d)
     assert report.status == WRONG
     assert report.row("b2").status == WRONG
