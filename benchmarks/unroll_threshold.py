@@ -31,15 +31,6 @@ WIDTHS = [2, 3, 4, 8]
 SCHEDULES = {"feature-major": (10**6, 1), "sample-major": (10**6, 10**6), "nests": (0, 10**6)}
 
 
-def _statements(module_text: str) -> int:
-    """The statements in the sample loop of a module's _step (UNROLL_MAX_STATEMENTS counts them)."""
-    start = module_text.index("def _step(")
-    step = module_text[start:module_text.index("\n# ---", start)]
-    loop = step[step.index("for _i in range(n):"):].splitlines()[1:]
-    return sum(1 for line in loop
-               if line.startswith("        ") and not line.lstrip().startswith("#"))
-
-
 def main() -> None:
     args = parse_args(__doc__)
 
@@ -48,7 +39,8 @@ def main() -> None:
     import codegen
     from benchmarks.derive_time import mlp
     from codegen import kernel
-    from symbolic import Spec
+    from codegen.lower import lower
+    from symbolic import Spec, derive
 
     def linear(d: int, name: str) -> Spec:
         return Spec.build(name=name, inputs={"x": d}, targets={"y": 1},
@@ -76,12 +68,12 @@ def main() -> None:
             try:
                 name = f"u_{schedule.replace('-', '_')}_{label.split()[0]}_{d}_{entries}"
                 path = codegen.generate(build(name), out, verify=False)
+                if schedule == "feature-major":
+                    statements = kernel.loop_statements(lower(derive(build(name)), name).kernel)
             finally:
                 (kernel.UNROLL_MAX_ENTRIES, kernel.FEATURE_MAJOR_MIN_WIDTH,
                  kernel.UNROLL_MAX_STATEMENTS) = defaults
             modules[schedule] = codegen.load_module(path)
-            if schedule == "feature-major":
-                statements = _statements(path.read_text())
         for run, batch, n in (("sgd b32", 32, 640), ("gd n100", 0, 100)):
             X = rng.normal(size=(n, d)).astype(np.float32)
             Y = rng.integers(0, 10, n) if label.startswith("mlp") else \

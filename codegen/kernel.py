@@ -294,13 +294,14 @@ def _unroll(lines: list[str]) -> list[str]:
     return out
 
 
+def loop_statements(lines: tuple[str, ...]) -> int:
+    """The statements inside the sample loop of a kernel body (``KernelText.lines``)."""
+    return sum(1 for line in lines if line.startswith("    ") and not line.lstrip().startswith("#"))
+
+
 def unrolled(d: Derivation) -> bool:
-    """Whether ``d`` may get the unrolled schedule: a small model (every size within
-    ``UNROLL_MAX_ENTRIES``) whose step is one loop over the samples with every loop over a
-    value's entries written out and every value and gradient sum a local variable: nothing is
-    loaded or stored per sample but the sample's inputs and target, so the compiler vectorizes
-    the loop across samples. An input of ``FEATURE_MAJOR_MIN_WIDTH`` or more entries is read
-    feature-major (X as (features, samples)); a narrower one through a flat view."""
+    """Whether ``d`` may get the unrolled schedule (see the module docstring): every size within
+    ``UNROLL_MAX_ENTRIES``."""
     sizes = [math.prod(v.shape) for v in d.values.values() if v.kind != "param"]
     return (sum(math.prod(p.shape) for p in d.spec.params) <= UNROLL_MAX_ENTRIES
             and max(sizes, default=1) <= UNROLL_MAX_ENTRIES)
@@ -313,6 +314,9 @@ class _Kernel:
         self.unrolled = unroll
         width = math.prod(d.spec.input_shape)
         self.feature_major = self.unrolled and width >= FEATURE_MAJOR_MIN_WIDTH
+        # unrolled: no BLAS, every gradient summed in locals
+        self.gemm_min_size = math.inf if unroll else GEMM_MIN_SIZE
+        self.local_grad_size = math.inf if unroll else LOCAL_GRAD_SIZE
         self.tags = tags
         self.formulas = formulas
         self.shapes: dict[sp.Symbol, Shape] = {v.symbol: v.shape for v in d.values.values()}
@@ -495,7 +499,7 @@ class _Kernel:
         if not (inner.is_Symbol and self.kinds[inner] == "param"):
             return None
         shape = self.shapes[inner]
-        if self.unrolled or len(shape) != 2 or math.prod(shape) < GEMM_MIN_SIZE:
+        if len(shape) != 2 or math.prod(shape) < self.gemm_min_size:
             return None
         return inner.name, isinstance(e, Transposed)
 
@@ -612,8 +616,7 @@ class _Kernel:
         shape = tuple(param.shape) or (1,)
         name = step.name
         idx = [f"_j{k}" for k in range(len(shape))]
-        blas = math.prod(shape) >= GEMM_MIN_SIZE and not self.unrolled
-        gemm = self.batch_outer(expr) if blas else None
+        gemm = self.batch_outer(expr) if math.prod(shape) >= self.gemm_min_size else None
         if gemm is not None and len(shape) == 2 and shape[0] >= OUTER_KERNEL_MIN_ROWS \
                 and shape[1] >= OUTER_KERNEL_MIN_COLS:
             p = step.of
@@ -627,7 +630,7 @@ class _Kernel:
             self.fused.append(p)
         elif gemm is not None:
             self.deferred += [self.comment(step), f"np.dot({gemm[0]}.T, {gemm[1]}, {name})"]
-        elif expr != 0 and (math.prod(shape) <= LOCAL_GRAD_SIZE or self.unrolled):
+        elif expr != 0 and math.prod(shape) <= self.local_grad_size:
             self.segment.append(self.comment(step))
             for index in itertools.product(*(range(size) for size in shape)):
                 at = [str(k) for k in index] if param.shape else []
@@ -757,8 +760,6 @@ def kernel(d: Derivation, steps: list[tuple[Step, sp.Expr]], tags: dict[str, str
     the unrolled schedule where the model is small enough, else loop nests and BLAS."""
     if unrolled(d):
         text = _Kernel(d, tags, formulas, unroll=True).run(steps)
-        loop = [line for line in text.lines if line.startswith("    ")
-                and not line.lstrip().startswith("#")]
-        if len(loop) <= UNROLL_MAX_STATEMENTS:
+        if loop_statements(text.lines) <= UNROLL_MAX_STATEMENTS:
             return text
     return _Kernel(d, tags, formulas, unroll=False).run(steps)

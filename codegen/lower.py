@@ -113,7 +113,7 @@ class ModuleText:
     grad_buffers: tuple[Buffer, ...]
     grad_names: str
     outer_kernel: bool  # whether _step calls _outer_acc
-    feature_major: bool  # the unrolled schedule: _step reads X (and float Y) as (width, samples)
+    feature_major: bool  # kernel.KernelText.feature_major
     prediction_is_scalar: str  # "True" / "False"
     target_prologue: str  # how Y becomes the target inside compiled code
 
