@@ -83,12 +83,13 @@ LOCAL_GRAD_SIZE = 8
 no store inside the sample loop, the compiler can vectorize that loop across samples."""
 
 UNROLL_MAX_ENTRIES = 128
-UNROLL_MAX_STATEMENTS = 256
+UNROLL_MAX_STATEMENTS = 200
 """A model whose parameters have at most UNROLL_MAX_ENTRIES entries in all, and whose input and
 every per-sample value at most that many each, gets the unrolled schedule (see :func:`unrolled`)
-if its sample loop written out has at most UNROLL_MAX_STATEMENTS statements: compile time grows
-with them (benchmarks/unroll_threshold.py, one core: a 4→6→10 softmax network, 446 statements,
-compiles in 11 s instead of 5)."""
+if its sample loop written out has at most UNROLL_MAX_STATEMENTS statements
+(:func:`loop_statements`), since compile time grows with them (benchmarks/unroll_threshold.py,
+one core, first call unrolled vs loop nests: softmax networks 2→2→10, 156 statements, 5.1 vs
+4.0 s; 3→4→10, 246, 5.9 vs 4.4 s; 4→6→10, 344, 9.8 vs 4.8 s; S5's 10→5→1 has 158)."""
 
 FEATURE_MAJOR_MIN_WIDTH = 4
 """On the unrolled schedule, an input of at least this many entries is read feature-major: a

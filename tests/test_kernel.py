@@ -192,3 +192,18 @@ def test_full_batch_gd_equals_steps_of_loss_and_grad(name, unrolled, tmp_path, m
         p = {k: v - 0.05 * getattr(grads, k) for k, v in p.items()}
     for k, v in p.items():
         np.testing.assert_allclose(getattr(fitted, k), v, rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_the_statement_budget_decides_the_unrolled_schedule(monkeypatch):
+    """A small model whose written-out sample loop stays within UNROLL_MAX_STATEMENTS is
+    unrolled (no buffer); past the budget the same model gets loop nests and buffers."""
+    from codegen.lower import lower
+
+    d = derive(Spec.build(name="budget", **SPECS["mlp_ce"]))
+    unrolled = lower(d, "budget")
+    statements = kernel.loop_statements(unrolled.kernel)
+    assert kernel.unrolled(d) and not unrolled.buffers and statements <= 200
+    monkeypatch.setattr(kernel, "UNROLL_MAX_STATEMENTS", statements - 1)
+    nests = lower(d, "budget")
+    assert nests.buffers and not nests.feature_major
+    assert kernel.loop_statements(nests.kernel) < statements
