@@ -521,9 +521,9 @@ def _fit_epochs(w, _scalar_b, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, _f
     _n = X.shape[0]
     _fused_lr = _lr if _opt <= 1 else 0.0  # gd and sgd: _step updates what it can itself
     _once = not _gathered and _bs >= _n  # one batch, the same every epoch: laid out once
-    if _once:
-        _columns(X, _order, 0, _Xb[:X.shape[1] * _n].reshape((X.shape[1], _n)))
-        _columns(Y, _order, 0, _Yb[:Y.shape[1] * _n].reshape((Y.shape[1], _n)))
+    if _once:  # np.int64(0), not the literal 0, for which _columns would compile again
+        _columns(X, _order, np.int64(0), _Xb[:X.shape[1] * _n].reshape((X.shape[1], _n)))
+        _columns(Y, _order, np.int64(0), _Yb[:Y.shape[1] * _n].reshape((Y.shape[1], _n)))
     for _epoch in range(_epoch0, _epoch1):
         if _gathered:
             _shuffle_into(_order, _seed, _epoch)
