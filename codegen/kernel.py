@@ -15,7 +15,9 @@ start a new one. Parameter gradients that are batch outer products of such a siz
 over the samples) are BLAS calls after the last loop. Measured (benchmarks/gemm_threshold.py,
 2 cores, float32): a batch product beats the per-sample loops from about 8 matrix entries on
 (2–15× for 10–10⁵ entries at batch 32–256); below that (W1's 1×3 linear model) the fused loop
-is ahead, since a BLAS call costs more than the handful of multiply-adds it replaces.
+is ahead, since a BLAS call costs more than the handful of multiply-adds it replaces. The input
+batch X times a wide parameter matrix W is, for a small batch, asked of BLAS the other way round
+(W Xᵀ into a scratch buffer, copied back transposed): see ``TRANSPOSED_PRODUCT_MAX_ROWS``.
 
 With plain gradient descent (``_step``'s ``_lr`` > 0, as ``fit`` passes for gd and sgd), a
 batch outer-product gradient of at least ``OUTER_KERNEL_MIN_ROWS`` × ``OUTER_KERNEL_MIN_COLS``
@@ -91,6 +93,15 @@ if its sample loop written out has at most UNROLL_MAX_STATEMENTS statements
 one core, first call unrolled vs loop nests: softmax networks 2→2→10, 156 statements, 5.1 vs
 4.0 s; 3→4→10, 246, 5.9 vs 4.4 s; 4→6→10, 344, 9.8 vs 4.8 s; S5's 10→5→1 has 158)."""
 
+TRANSPOSED_PRODUCT_MAX_ROWS = 64
+TRANSPOSED_PRODUCT_MIN_WIDTH = 64
+"""The input batch X (n, d) times a parameter matrix W (h, d) of at least this many rows h is
+taken as (W Xᵀ)ᵀ when n is at most TRANSPOSED_PRODUCT_MAX_ROWS: BLAS writes W Xᵀ into a
+scratch buffer and ``_transpose_into`` copies it to the value's (n, h) buffer.
+benchmarks/gemm_layout.py, one core, float32, d = 784, time of X Wᵀ over (W Xᵀ)ᵀ with the
+copy: h = 64–256 at batch 32 1.23–1.35×, at batch 64 1.06–1.12×, at 128–256 0.95–1.00×;
+h = 16 0.96–1.05× at every batch."""
+
 FEATURE_MAJOR_MIN_WIDTH = 4
 """On the unrolled schedule, an input of at least this many entries is read feature-major: a
 sample's entries strided by the batch size, so each is one vector load across samples."""
@@ -149,6 +160,7 @@ class Buffer:
 
     name: str
     shape: Shape  # per sample; (1,) for a scalar
+    max_rows: int | None = None  # at most this many rows (a scratch used for small batches)
 
 
 @dataclass(frozen=True)
@@ -528,6 +540,23 @@ class _Kernel:
         name, transposed = weight
         return batch, name if transposed == flip else f"{name}.T"
 
+    def batch_product(self, batch: str, matrix: str, out: str, width: int) -> list[str]:
+        """``out[:n] = batch @ matrix`` by BLAS; the input batch X times a parameter matrix is
+        taken as (matrixᵀ Xᵀ)ᵀ for up to ``TRANSPOSED_PRODUCT_MAX_ROWS`` samples."""
+        line = f"np.dot({batch}, {matrix}, {out}[:n])"
+        if batch != "X" or width < TRANSPOSED_PRODUCT_MIN_WIDTH:
+            return [line]
+        scratch = f"_p_{out}"
+        self.buffers.append(Buffer(scratch, (width,), TRANSPOSED_PRODUCT_MAX_ROWS))
+        flipped = matrix[:-2] if matrix.endswith(".T") else f"{matrix}.T"
+        view = f"{scratch}.reshape({scratch}.size)[:{width}*n].reshape(({width}, n))"
+        return [f"if n <= {TRANSPOSED_PRODUCT_MAX_ROWS}:  # small batch: (W Xᵀ)ᵀ, faster",
+                f"    {scratch}_t = {view}",
+                f"    np.dot({flipped}, X.T, {scratch}_t)",
+                f"    _transpose_into({scratch}_t, {out}[:n])",
+                "else:",
+                f"    {line}"]
+
     def matprod(self, e: MatProd, into: sp.Symbol | None = None, comment: str = "",
                 result: str = "_acc") -> sp.Symbol:
         """Compute the product ``e`` for every sample into a buffer (``into``, else a new one).
@@ -541,7 +570,7 @@ class _Kernel:
             sym = into or self.new_value(self.fresh("_t"), shape)
             self.close()
             self.out.append((False, [*([comment] if comment else []),
-                                     f"np.dot({blas[0]}, {blas[1]}, {sym.name}[:n])"]))
+                                     *self.batch_product(*blas, sym.name, shape[0])]))
             self.temps[e] = sym
             return sym
         a, b = self.operand(a), self.operand(b)
@@ -659,8 +688,7 @@ class _Kernel:
         in its own sample loop, a tensor in its own loop nest at the nest's indices — is a
         local variable, not a buffer: a store and a reload per element saved."""
         for buffer in list(self.buffers):
-            name = buffer.name
-            shape = self.shapes[sp.Symbol(name, real=True)]
+            name, shape = buffer.name, buffer.shape
             users = [(loop, items) for loop, items in self.out
                      if any(_subscripts(name, _text(item)) for item in items)]
             if len(users) != 1 or not users[0][0] or _subscripts(name, self.deferred):

@@ -113,6 +113,7 @@ class ModuleText:
     grad_buffers: tuple[Buffer, ...]
     grad_names: str
     outer_kernel: bool  # whether _step calls _outer_acc
+    transposed_products: bool  # whether _step calls _transpose_into
     feature_major: bool  # kernel.KernelText.feature_major
     prediction_is_scalar: str  # "True" / "False"
     target_prologue: str  # how Y becomes the target inside compiled code
@@ -318,6 +319,7 @@ def lower(d: Derivation, source: str) -> ModuleText:
         grad_buffers=kern.grads,
         grad_names=_names(kern.grads),
         outer_kernel=bool(kern.fused),
+        transposed_products=any(b.max_rows for b in kern.buffers),
         feature_major=kern.feature_major,
         prediction_is_scalar=repr(d.values[d.prediction].shape == ()),
         target_prologue=f"{spec.target_name} = Y",

@@ -153,6 +153,7 @@ def _buffers(rows, like):
     """One buffer per value of the training kernel, for batches of up to ``rows`` samples."""
     return (
         np.empty((rows, 128), like.dtype),  # z1
+        np.empty((min(rows, 64), 128), like.dtype),  # _p_z1
         np.empty((rows, 128), like.dtype),  # h
         np.empty((rows, 10), like.dtype),  # z
         np.empty((rows, 10), like.dtype),  # _e2
@@ -189,7 +190,7 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
     _one = _F(1)
     _zero = _F(0)
     (grad_W1, grad_b1, grad_W2, grad_b2) = _grads
-    (z1, h, z, _e2, delta_z, delta_h, delta_z1) = _bufs
+    (z1, _p_z1, h, z, _e2, delta_z, delta_h, delta_z1) = _bufs
     _f_z1 = z1.reshape(z1.size)
     _f_h = h.reshape(h.size)
     _f_z = z.reshape(z.size)
@@ -201,7 +202,12 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
     grad_b1[:] = 0
     _total = 0.0
     # (1) z1 = b1 + W1 x
-    np.dot(X, W1.T, z1[:n])
+    if n <= 64:  # small batch: (W Xᵀ)ᵀ, faster
+        _p_z1_t = _p_z1.reshape(_p_z1.size)[:128*n].reshape((128, n))
+        np.dot(W1, X.T, _p_z1_t)
+        _transpose_into(_p_z1_t, z1[:n])
+    else:
+        np.dot(X, W1.T, z1[:n])
     for _i in range(n):
         for _j0 in range(128):
             _f_z1[_i*128 + _j0] = b1[_j0] + _f_z1[_i*128 + _j0]
@@ -245,6 +251,14 @@ def _step(W1, b1, W2, b2, X, Y, _grads, _bufs, _lr):
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+@njit(cache=True, error_model="numpy")
+def _transpose_into(a, out):
+    """out ← aᵀ: a (k, n) product written as the (n, k) rows of a buffer."""
+    for j in range(a.shape[0]):
+        for i in range(a.shape[1]):
+            out[i, j] = a[j, i]
 
 
 @njit(cache=True, error_model="numpy")

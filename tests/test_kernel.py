@@ -50,6 +50,7 @@ def _module(name, tmp_path, monkeypatch, threshold, fused=False, unrolled=False)
     every batch outer-product gradient is _outer_acc under gd/sgd (the update in the same pass);
     unrolled: the unrolled schedule (else no spec gets it)."""
     monkeypatch.setattr(kernel, "GEMM_MIN_SIZE", threshold)
+    monkeypatch.setattr(kernel, "TRANSPOSED_PRODUCT_MIN_WIDTH", 1)
     monkeypatch.setattr(kernel, "UNROLL_MAX_ENTRIES", 10**6 if unrolled else 0)
     monkeypatch.setattr(kernel, "UNROLL_MAX_STATEMENTS", 10**6)
     if fused:
@@ -83,13 +84,15 @@ def test_kernel_matches_the_reference(name, schedule, tmp_path, monkeypatch):
     step = text[text.index("def _step("):text.index("\n# ---", text.index("def _step("))]
     if schedule == "blas" and name not in ("scalars", "one_entry"):
         assert "np.dot(" in step
+        # the input batch times a parameter matrix: (W Xᵀ)ᵀ up to 64 rows (n = 7, 1), X Wᵀ above
+        assert "_transpose_into(" in step and "np.dot(X, " in step
     if schedule != "blas":
         assert "np.dot(" not in step
     if unrolled:  # no loop but the sample loop, no buffer
         assert step.count("for ") == 1
         assert "return (\n    )" in text[text.index("def _buffers("):]
     ref = Reference(d)
-    for seed, n in ((1, 7), (2, 1)):
+    for seed, n in ((1, 7), (2, 1), (3, kernel.TRANSPOSED_PRODUCT_MAX_ROWS + 6)):
         X, Y = _data(module, n, seed)
         params = random_point({p.name: p.shape for p in d.spec.params}, seed=seed,
                               fan_in=fan_in(d))
