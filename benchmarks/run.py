@@ -6,7 +6,7 @@
 
 Per workload: each available implementation is called once to compile/warm up
 (its first-call time is reported separately), then ``--repeats`` interleaved
-timed rounds (A B C A B C ...).  Reported: median and min-max wall time, ratios to
+timed rounds (A B C, B C A, C A B, ...).  Reported: median and min-max wall time, ratios to
 the Numba np.dot reference (and to the explicit-loop one on W1/W2), GFLOP/s
 (W3-W6) next to a float32 GEMM peak measured in the same run, a correctness check
 (every implementation's loss must match the reference within 1e-3 relative:
@@ -255,10 +255,12 @@ def bench_workload(w: Workload, impls: list[registry.Impl], repeats: int, log,
             r.error = f"{type(exc).__name__}: {exc}"
             r.ok = False
             log(f"  {impl.name:<12} ERROR {r.error}")
-    # interleaved timed rounds
+    # interleaved timed rounds, each starting one implementation later (A B C, B C A, C A B):
+    # no implementation always runs right after the same other one
     for rep in range(repeats):
         line = []
-        for impl in live:
+        shift = rep % max(len(live), 1)
+        for impl in live[shift:] + live[:shift]:
             r = results[impl.name]
             p0 = init_params(w)
             _quiesce(pause)
@@ -703,7 +705,8 @@ def main(argv=None) -> int:
         "# symgrad benchmark results" + (" (QUICK smoke run: shortened workloads)" if args.quick else ""),
         "",
         f"Command: `python benchmarks/run.py {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`  ",
-        f"{repeats} interleaved timed rounds per workload after one warm-up/compile call, "
+        f"{repeats} interleaved timed rounds per workload (each starting one implementation later) "
+        f"after one warm-up/compile call, "
         f"{args.pause:g} s idle before every call; "
         f"times are wall-clock seconds for the whole training run; ratio = median / numba-dot median "
         f"(W1, W2 also / numba-loops median); "
