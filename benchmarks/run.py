@@ -6,9 +6,10 @@
 
 Per workload: each available implementation is called once to compile/warm up
 (its first-call time is reported separately), then ``--repeats`` interleaved
-timed rounds (A B C, B C A, C A B, ...).  Reported: median and min-max wall time, ratios to
-the Numba np.dot reference (and to the explicit-loop one on W1/W2), GFLOP/s
-(W3-W6) next to a float32 GEMM peak measured in the same run, a correctness check
+timed rounds, each in its own order (rows of a Williams Latin square).  Reported:
+median and min-max wall time, ratios to the Numba np.dot reference (and to the
+explicit-loop one on W1/W2), GFLOP/s (W3-W6) next to a float32 GEMM peak measured
+in the same run, a correctness check
 (every implementation's loss must match the reference within 1e-3 relative:
 ``FAIL`` otherwise, exit status 1), the peak memory of one training run per
 implementation, each in a fresh process (``memprobe.py``; ``--no-memory`` skips
@@ -230,6 +231,14 @@ def _quiesce(pause: float) -> None:
         time.sleep(pause)
 
 
+def round_order(items: list, rep: int) -> list:
+    """Round ``rep``'s order of ``items``: row ``rep`` of a Williams Latin square (k, k+1, k−1,
+    k+2, k−2, … mod n for k = rep mod n), in which each item follows a different one from row
+    to row; with an even count, each ordered pair is adjacent exactly once in n rows."""
+    n = len(items)
+    return [items[(rep + (j + 1) // 2 * (1 if j % 2 else -1)) % n] for j in range(n)]
+
+
 def bench_workload(w: Workload, impls: list[registry.Impl], repeats: int, log,
                    pause: float = 0.0) -> dict[str, Result]:
     data = make_data(w)
@@ -255,12 +264,11 @@ def bench_workload(w: Workload, impls: list[registry.Impl], repeats: int, log,
             r.error = f"{type(exc).__name__}: {exc}"
             r.ok = False
             log(f"  {impl.name:<12} ERROR {r.error}")
-    # interleaved timed rounds, each starting one implementation later (A B C, B C A, C A B):
-    # no implementation always runs right after the same other one
+    # interleaved timed rounds, each in its own order: no implementation always runs right
+    # after the same other one
     for rep in range(repeats):
         line = []
-        shift = rep % max(len(live), 1)
-        for impl in live[shift:] + live[:shift]:
+        for impl in round_order(live, rep):
             r = results[impl.name]
             p0 = init_params(w)
             _quiesce(pause)
@@ -705,7 +713,7 @@ def main(argv=None) -> int:
         "# symgrad benchmark results" + (" (QUICK smoke run: shortened workloads)" if args.quick else ""),
         "",
         f"Command: `python benchmarks/run.py {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`  ",
-        f"{repeats} interleaved timed rounds per workload (each starting one implementation later) "
+        f"{repeats} interleaved timed rounds per workload (each in its own order) "
         f"after one warm-up/compile call, "
         f"{args.pause:g} s idle before every call; "
         f"times are wall-clock seconds for the whole training run; ratio = median / numba-dot median "

@@ -11,7 +11,7 @@ from benchmarks.run import bench_workload
 from benchmarks.workloads import get_workload
 
 
-def test_each_round_starts_one_implementation_later():
+def test_rounds_run_every_implementation_once_in_varying_orders():
     calls: list[str] = []
 
     def recorder(name):
@@ -20,10 +20,13 @@ def test_each_round_starts_one_implementation_later():
             return params, 1.0
         return registry.Impl(name=name, train=train)
 
-    impls = [recorder(name) for name in "ABC"]
-    results = bench_workload(get_workload("W1", quick=True), impls, repeats=4, log=lambda _: None)
-    warm_up, rounds = calls[:3], calls[3:]
-    assert warm_up == ["A", "B", "C"]
-    assert [rounds[k:k + 3] for k in range(0, 12, 3)] == [
-        ["A", "B", "C"], ["B", "C", "A"], ["C", "A", "B"], ["A", "B", "C"]]
-    assert all(len(results[name].times) == 4 for name in "ABC")
+    names = "ABCDE"
+    results = bench_workload(get_workload("W1", quick=True), [recorder(n) for n in names],
+                             repeats=5, log=lambda _: None)
+    assert calls[:5] == list(names)  # the warm-up calls, in registry order
+    rounds = [calls[k:k + 5] for k in range(5, 30, 5)]
+    assert all(sorted(r) == list(names) for r in rounds)
+    # the implementation run just before each one (in its round, or at the end of the last)
+    before = {n: {prev for prev, cur in zip(calls[4:], calls[5:]) if cur == n} for n in names}
+    assert all(len(prevs) >= 2 for prevs in before.values()), before
+    assert all(len(results[n].times) == 5 for n in names)
