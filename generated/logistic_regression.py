@@ -513,17 +513,14 @@ def _fit_epochs(w, _scalar_b, X, Y, _Xb, _Yb, _order, _bufs, _grads, _flat_p, _f
     """Epochs _epoch0 … _epoch1 − 1 of training, in place; returns the optimizer step count.
 
     Minibatches of _bs rows (in a shuffled order, _order, when _gathered; else consecutive rows)
-    laid out feature-major for _step in the flat buffers _Xb and _Yb: once, before the
-    first epoch, when the whole data set is every epoch's only batch. The buffers are fit's
+    laid out feature-major for _step in the flat buffers _Xb and _Yb; when the whole
+    data set is every epoch's only batch, fit has laid it out once. The buffers are fit's
     (allocated once per call): _bufs, _grads for _step; _flat_p, _flat_g, _flat_m, _flat_v are
     flat views of the parameters, gradient sums and moments, one tuple each in PARAM_NAMES order.
     """
     _n = X.shape[0]
     _fused_lr = _lr if _opt <= 1 else 0.0  # gd and sgd: _step updates what it can itself
-    _once = not _gathered and _bs >= _n  # one batch, the same every epoch: laid out once
-    if _once:  # np.int64(0), not the literal 0, for which _columns would compile again
-        _columns(X, _order, np.int64(0), _Xb[:X.shape[1] * _n].reshape((X.shape[1], _n)))
-        _columns(Y, _order, np.int64(0), _Yb[:Y.shape[1] * _n].reshape((Y.shape[1], _n)))
+    _once = not _gathered and _bs >= _n  # one batch, the same every epoch: fit laid it out
     for _epoch in range(_epoch0, _epoch1):
         if _gathered:
             _shuffle_into(_order, _seed, _epoch)
@@ -735,6 +732,9 @@ def fit(params, X, Y, optimizer="gd", lr=0.01, epochs=1, batch_size=0, seed=0, c
             np.empty(n if gathered else 0, np.int64), _buffers(rows, X), grads,
             tuple(a.reshape(-1) for a in arrays), tuple(g.reshape(-1) for g in grads), flat_m,
             flat_v)
+    if full:  # the whole data set is every epoch's batch: laid out once, for every epoch
+        work[0][:X.size].reshape((X.shape[1], n))[:] = X.T
+        work[1][:Y.size].reshape((Y.shape[1], n))[:] = Y.T
     options = (code, float(lr), float(h["momentum"]), float(h["beta1"]), float(h["beta2"]),
                float(h["eps"]), float(h["rho"]), float(h["weight_decay"]), rows, gathered,
                int(seed))

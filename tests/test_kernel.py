@@ -181,13 +181,17 @@ def test_one_entry_values_are_locals(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("unrolled", [False, True], ids=["loops", "unrolled"])
 @pytest.mark.parametrize("name", ["scalars", "rowvec_onehot"])
-def test_full_batch_gd_equals_steps_of_loss_and_grad(name, unrolled, tmp_path, monkeypatch):
-    """Full-batch gradient descent (unrolled: the batch laid out feature-major once, before the
-    first epoch, and reused) equals steps of loss_and_grad, epoch by epoch."""
+@pytest.mark.parametrize("callback", [None, lambda *_: None], ids=["one_call", "per_epoch"])
+def test_full_batch_gd_equals_steps_of_loss_and_grad(name, unrolled, callback, tmp_path,
+                                                     monkeypatch):
+    """Full-batch gradient descent (unrolled: the batch laid out feature-major once by fit and
+    reused, also when a callback makes fit run the epochs one call at a time) equals steps of
+    loss_and_grad, epoch by epoch."""
     d, module, _ = _module(name, tmp_path, monkeypatch, 10**12, unrolled=unrolled)
     X, Y = _data(module, 11, 6)
     params = module.init_params(1)
-    fitted, history, _ = module.fit(params, X, Y, optimizer="gd", lr=0.05, epochs=3)
+    fitted, history, _ = module.fit(params, X, Y, optimizer="gd", lr=0.05, epochs=3,
+                                    callback=callback)
     p = {k: np.array(v) for k, v in params._asdict().items()}
     for epoch in range(3):
         loss, grads = module.loss_and_grad(p, X, Y)
